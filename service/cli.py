@@ -11,15 +11,14 @@ import json
 import logging
 import os
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from streaming.errors import InputError
+from streaming.simulate import SimulationConfig
 
 logger = logging.getLogger("glimpse.service.cli")
 
@@ -73,6 +72,9 @@ def info(
     session: Annotated[Optional[str], typer.Option(help="BIDS root only: the session.")] = None,
     task: Annotated[Optional[str], typer.Option(help="BIDS root only: the task.")] = None,
     run: Annotated[Optional[str], typer.Option(help="BIDS root only: the run.")] = None,
+    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from (default: the BIDS root, the mapping file's folder, or the recording's folder).")] = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="JSON or TSV file mapping annotation descriptions or trigger values to stimulus files (columns: key, stim_file, concept, split).")] = None,
+    stim_channel: Annotated[Optional[str], typer.Option(help="Trigger channel to read events from (default: auto-detect).")] = None,
 ) -> None:
     """Describe a recording: system, channel types and counts, sfreq, duration, events.
 
@@ -84,8 +86,9 @@ def info(
     """
     from streaming.recordings import describe, format_description
 
-    selection = {k: v for k, v in dict(subject=subject, session=session, task=task, run=run).items() if v}
-    description = describe(recording, **selection)
+    options = dict(subject=subject, session=session, task=task, run=run, stim_root=stim_root,
+                   mapping=mapping, stim_channel=stim_channel)
+    description = describe(recording, **{k: v for k, v in options.items() if v is not None})
     if as_json:
         typer.echo(json.dumps(description, indent=2))
     else:
@@ -100,42 +103,48 @@ class Modality(str, Enum):
     eeg = "eeg"
 
 
+_SIM = SimulationConfig()  # the defaults shown in --help are the config's own
+
+
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a BIDS dataset with stimuli/, simulation.json and figures/).")] = Path("glimpse-sim"),
-    modality: Annotated[Modality, typer.Option(help="meg: CTF-275 sensors at 1200 Hz; eeg: 64-channel 10-20 montage at 1000 Hz.")] = Modality.meg,
-    subjects: Annotated[Optional[int], typer.Option(help="Number of subjects.  [default: 2]")] = None,
-    concepts: Annotated[Optional[int], typer.Option(help="Training concepts (shape families and variants).")] = None,
-    exemplars: Annotated[Optional[int], typer.Option(help="Training images per concept, each shown once.")] = None,
-    test_concepts: Annotated[Optional[int], typer.Option(help="Test concepts, never used in training.")] = None,
-    test_repeats: Annotated[Optional[int], typer.Option(help="Repeats of each test image (THINGS-MEG uses 12).")] = None,
-    snr_db: Annotated[Optional[float], typer.Option(help="Single-trial signal-to-noise ratio in dB.")] = None,
-    sfreq: Annotated[Optional[float], typer.Option(help="Sampling rate in Hz (default: 1200 for MEG, 1000 for EEG).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed writes identical files.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Stimulus images are IMAGE_SIZE x IMAGE_SIZE pixels.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: a BIDS dataset with stimuli/, simulation.json and figures/.")] = Path("glimpse-sim"),
+    modality: Annotated[Modality, typer.Option(help="meg: CTF-275 axial gradiometers, 1200 Hz; eeg: 64-channel 10-20 montage, 1000 Hz.")] = Modality(_SIM.modality),
+    subjects: Annotated[int, typer.Option(help="Number of subjects (one forward model, per-subject source orientations and weights).")] = _SIM.subjects,
+    concepts: Annotated[int, typer.Option(help="Training concepts (shape family x variant).")] = _SIM.concepts,
+    exemplars: Annotated[int, typer.Option(help="Training images per concept, each shown once (trial_type exp).")] = _SIM.exemplars,
+    test_concepts: Annotated[int, typer.Option(help="Test concepts, never used in training.")] = _SIM.test_concepts,
+    test_exemplars: Annotated[int, typer.Option(help="Test images per test concept.")] = _SIM.test_exemplars,
+    test_repeats: Annotated[int, typer.Option(help="Repeats of each test image (THINGS-MEG uses 12).")] = _SIM.test_repeats,
+    catch_fraction: Annotated[float, typer.Option(help="Share of catch trials (a fixed target image); 0 for none.")] = _SIM.catch_fraction,
+    snr_db: Annotated[float, typer.Option(help="Single-trial SNR in dB: evoked vs. background+alpha+sensor noise power at posterior sensors, 0-600 ms.")] = _SIM.snr_db,
+    sfreq: Annotated[Optional[float], typer.Option(help="Sampling rate in Hz.  [default: 1200 for MEG, 1000 for EEG]")] = None,
+    line_freq: Annotated[float, typer.Option(help="Mains frequency of the simulated line noise (50 or 60 Hz).")] = _SIM.line_freq,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = _SIM.seed,
+    image_size: Annotated[int, typer.Option(help="Stimulus images are IMAGE_SIZE x IMAGE_SIZE pixels.")] = _SIM.image_size,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists and is not empty.")] = False,
 ) -> None:
     """Write a simulated THINGS-like MEG or EEG session (BIDS + PNG stimuli).
 
     Sensor signals come from a real MNE forward model (sphere head, volume source
-    space) driven by image-dependent occipital responses, plus 1/f background,
-    alpha bursts, sensor and line noise, drift (and blinks for EEG).
+    space, real sensor positions) driven by image-dependent occipital and
+    occipito-temporal responses (~100 ms low-level, ~170-280 ms shape and concept,
+    offset at ~600 ms), plus 1/f background, alpha bursts, sensor and line noise,
+    drift, and blinks for EEG. The default run takes ~25 s and ~770 MB (MEG).
 
     Example (the size the tests use):
 
       glimpse simulate --out sim --subjects 1 --concepts 8 --exemplars 2
     """
-    from streaming.simulate import SimulationConfig, simulate_session
+    from streaming.simulate import simulate_session
 
-    given = dict(
+    config = SimulationConfig(
         modality=modality.value, subjects=subjects, concepts=concepts, exemplars=exemplars,
-        test_concepts=test_concepts, test_repeats=test_repeats, snr_db=snr_db, sfreq=sfreq,
-        seed=seed, image_size=image_size,
+        test_concepts=test_concepts, test_exemplars=test_exemplars, test_repeats=test_repeats,
+        catch_fraction=catch_fraction, snr_db=snr_db, sfreq=sfreq, line_freq=line_freq, seed=seed,
+        image_size=image_size,
     )
-    config = SimulationConfig(**{k: v for k, v in given.items() if v is not None})
-    start = time.perf_counter()
     result = simulate_session(config, out, overwrite=overwrite, progress=True)
-    logger.info("simulated in %.1f s", time.perf_counter() - start)
     typer.echo(json.dumps(result.summary(), indent=2))
 
 
@@ -167,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("bad input")
         typer.echo(f"glimpse: error: {err}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("glimpse: aborted", err=True)
         return 130
-    except click.ClickException as err:
+    except typer.exceptions.TyperException as err:  # usage errors: unknown option, bad value
         err.show()
         return err.exit_code
     return result if isinstance(result, int) else 0

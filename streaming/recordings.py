@@ -878,7 +878,7 @@ def read_things_eeg2(
         splits[split] = ThingsEEG2Split(data=data, images=images)
     if check_stimuli:
         _check_stimuli((im.stim_file for s in splits.values() for im in s.images),
-                       f"pass image_dir= (--image-dir): the folder holding training_images/ "
+                       f"pass image_dir=: the folder holding training_images/ "
                        f"and test_images/ (now {image_dir})")
     sfreq = _sfreq_from_times(times, files)
     logger.info("THINGS-EEG2 from %s: %s, %d channels at %s Hz", eeg_dir,
@@ -930,7 +930,7 @@ def _things_eeg2_paths(source, subject, eeg_dir, image_dir):
     if image_dir is None:
         raise InputError("THINGS-EEG2's image_set folder (image_metadata.npy, training_images/, "
                          "test_images/)", "none found beside the EEG files",
-                         "pass image_dir= (--image-dir)")
+                         "pass image_dir=")
     image_dir = Path(image_dir).expanduser()
     meta_file = meta_file or image_dir / "image_metadata.npy"
     _require_exists(meta_file)

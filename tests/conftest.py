@@ -26,3 +26,16 @@ def realdata() -> Path:
             pytest.fail(f"real recordings not found at {path}; set GLIMPSE_REALDATA")
         pytest.skip(f"real recordings not found at {path}; set GLIMPSE_REALDATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_meg_session(tmp_path_factory):
+    """A small simulated MEG session, written once per test run: (root, config, result)."""
+    from streaming.simulate import SimulationConfig, simulate_session
+
+    # The test size ("--subjects 1 --concepts 8 --exemplars 2", under 15 s); small
+    # images keep the stimuli cheap. Other sessions in the tests derive from it.
+    config = SimulationConfig(modality="meg", seed=0, subjects=1, concepts=8, exemplars=2,
+                              test_concepts=4, test_exemplars=2, test_repeats=6, image_size=48)
+    root = tmp_path_factory.mktemp("meg") / "sim"
+    return root, config, simulate_session(config, root, progress=False)

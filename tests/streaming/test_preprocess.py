@@ -355,4 +355,17 @@ def test_online_offline_parity_on_a_synthetic_session():
     np.testing.assert_allclose(q75 - q25, 1.0, atol=0.05)
 
 
-# ------------------------------------------------------------------------ hot path cost
+@pytest.mark.timeout(120)  # the shared fixture simulates the session first (~5 s)
+def test_online_offline_parity_on_a_simulated_session(small_meg_session):
+    """The acceptance test on glimpse's own simulator output, read as a user's BIDS set."""
+    from streaming.recordings import open_recording
+
+    root, _, _ = small_meg_session
+    raw = open_recording(root, subject="01").raw
+    config = fit_scaler(raw, PreprocessConfig(picks=("mag",), notch=50.0), skip_s=5.0)
+    offline = preprocess_raw(raw, config)
+    data = raw.get_data(picks=list(config.ch_names))
+    online = _stream(OnlinePreprocessor(config, raw.info["sfreq"]), data, seed=11)
+    assert offline.shape == (274, online.shape[1])
+    assert np.abs(online - offline).max() <= PARITY_TOL
+    assert np.abs(offline).max() > 1.0

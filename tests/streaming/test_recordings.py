@@ -361,7 +361,7 @@ def test_things_eeg2_bad_inputs(tmp_path):
         read_things_eeg2(root, subject=3)
     _one_line(err)
     (root / "image_set/test_images/00005_zebra/zebra_01b.jpg").unlink()
-    with pytest.raises(InputError, match=r"1 of 6 missing, first .*zebra_01b.jpg.*--image-dir"):
+    with pytest.raises(InputError, match=r"1 of 6 missing, first .*zebra_01b.jpg.*image_dir="):
         read_things_eeg2(root, subject=2)
     assert read_things_eeg2(root, subject=2, check_stimuli=False).splits["test"]
     with pytest.raises(InputError, match=r"does not exist"):
