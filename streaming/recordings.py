@@ -277,7 +277,7 @@ def open_recording(
                        f"point --stim-root (stim_root=) at the folder the relative paths "
                        f"start from (now {base})")
     system = _bids_manufacturer(bids_path) or _system_of(raw, raw_fmt)
-    logger.info("opened %s (%s, %d channels at %s Hz): %d trials from %s",
+    logger.debug("opened %s (%s, %d channels at %s Hz): %d trials from %s",
                 rec_path, fmt, len(raw.ch_names), raw.info["sfreq"], len(trials), used)
     return Recording(raw=raw, path=rec_path, bids_path=bids_path, trials=trials,
                      stim_root=base, trial_source=used, format=fmt, system=system)

@@ -15,6 +15,7 @@ from PIL import Image
 from streaming.errors import InputError
 from streaming.recordings import (
     EventColumns,
+    SPLITS,
     Recording,
     Trial,
     describe,
@@ -480,3 +481,25 @@ def test_a_mapping_that_matches_no_trigger_value(realdata):
                        ) as err:
         open_recording(realdata / "biosemi_stim_channel.bdf", mapping={"9": "nine.png"})
     _one_line(err)
+
+
+@pytest.mark.timeout(120)  # the shared fixture simulates the session first (~5 s)
+def test_simulated_session_reads_back_with_trials_on_the_pngs(small_meg_session):
+    """The simulator's BIDS output through the default EventColumns, by root and by file."""
+    root, config, _ = small_meg_session
+    rec = open_recording(root, subject="01")
+    assert rec.sfreq == 1200.0 and rec.bids_path is not None
+    splits = {s: [t for t in rec.trials if t.split == s] for s in SPLITS}
+    n_train = config.concepts * config.exemplars
+    n_test = config.test_concepts * config.test_exemplars * config.test_repeats
+    assert (len(splits["train"]), len(splits["test"]), len(splits["unknown"])) == (n_train, n_test, 0)
+    for trial in rec.trials:
+        assert trial.stim_file.suffix == ".png" and trial.stim_file.is_file()
+        assert trial.stim_file.is_relative_to(root / "stimuli")
+        if trial.split != "catch":
+            assert trial.stim_file.parent.name == trial.concept
+        # onsets agree with the samples of the data actually read
+        assert abs(trial.onset * rec.sfreq - trial.sample) < 1
+    assert {t.concept for t in splits["train"]}.isdisjoint({t.concept for t in splits["test"]})
+    by_file = open_recording(rec.path)  # a file inside the dataset is recognised as BIDS
+    assert by_file.trials == rec.trials
