@@ -148,6 +148,48 @@ def simulate(
     typer.echo(json.dumps(result.summary(), indent=2))
 
 
+# --------------------------------------------------------------------------- gallery
+
+gallery_app = typer.Typer(help="Image galleries: embeddings of candidate images for retrieval.",
+                          no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+
+EMBEDDER_HELP = ("Image embedder: 'handcrafted' (no weights, 256-d), 'handcrafted:dim=N', or "
+                 "'open_clip:ARCH:PATH' with local OpenCLIP weights (e.g. open_clip:ViT-H-14:/models/vit-h-14.safetensors).")
+
+
+def _cache_dir(cache_dir: Optional[Path]) -> Optional[Path]:
+    """Embedding cache: --cache-dir, else $GLIMPSE_CACHE_DIR, else ~/.cache/glimpse/embeddings."""
+    if cache_dir is not None:
+        return cache_dir
+    return Path(os.environ.get("GLIMPSE_CACHE_DIR", Path.home() / ".cache" / "glimpse" / "embeddings"))
+
+
+@gallery_app.command("build")
+def gallery_build(
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively: png, jpg, jpeg, webp, bmp).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Gallery file to write (FILE.safetensors + FILE.json sidecar).")],
+    embedder: Annotated[str, typer.Option(help=EMBEDDER_HELP)] = "handcrafted",
+    root: Annotated[Optional[Path], typer.Option(help="Folder image ids are relative to (default: IMAGES). Use the dataset root when trials name stimuli from there.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache, keyed by file content.  [default: $GLIMPSE_CACHE_DIR or ~/.cache/glimpse/embeddings]")] = None,
+    device: Annotated[str, typer.Option(help="Torch device for neural embedders (cpu, cuda, cuda:1).")] = "cpu",
+    allow_random_init: Annotated[bool, typer.Option(help="Allow an OpenCLIP model without weights (meaningless embeddings; for smoke tests only).")] = False,
+) -> None:
+    """Embed a folder of images into a gallery for retrieval.
+
+    Example:
+
+      glimpse gallery build sim/stimuli --root sim --out sim-gallery.safetensors
+    """
+    from models.embedders import load_embedder
+    from models.gallery import build_gallery, gallery_files
+
+    model = load_embedder(embedder, device=device, allow_random_init=allow_random_init)
+    gallery = build_gallery(images, model, root=root, cache_dir=_cache_dir(cache_dir), progress=True)
+    tensors, sidecar = gallery_files(gallery.save(out))
+    typer.echo(f"{gallery.summary()}\nwrote {tensors} and {sidecar.name}")
+
+
 # --------------------------------------------------------------------------- demo
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from service.cli import main
 
-COMMANDS = ["info", "simulate", "demo"]
+COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build"]
 
 
-@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+@pytest.mark.parametrize("command", [[], *[c.split() for c in COMMANDS]])
 def test_help_everywhere(command, capsys):
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -87,3 +87,23 @@ def test_simulate_then_info_on_the_bids_output(tmp_path, capsys):
     described = json.loads(capsys.readouterr().out)
     assert described["sfreq"] == pytest.approx(1200.0)
     assert described["n_chans"] >= 272
+
+
+@pytest.mark.timeout(120)  # the shared fixture simulates the session first (~5 s)
+def test_gallery_build_then_load(small_meg_session, tmp_path, capsys):
+    from models.gallery import Gallery
+
+    root, _, _ = small_meg_session
+    out = tmp_path / "gallery.safetensors"
+    args = ["gallery", "build", str(root / "stimuli"), "--root", str(root), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    gallery = Gallery.load(out)
+    assert gallery.embedder == "handcrafted" and gallery.dim == 256
+    assert all(i.startswith("stimuli/") for i in gallery.ids)  # ids match the events' image_path
+    assert str(len(gallery)) in capsys.readouterr().out
+
+
+def test_gallery_build_unknown_embedder_is_one_line(tmp_path, capsys):
+    assert main(["gallery", "build", str(tmp_path), "--out", str(tmp_path / "g"), "--embedder", "dinov9"]) == 2
+    assert "dinov9" in _one_line_error(capsys)
