@@ -16,16 +16,22 @@ and start supervised training from it with ``model.load_trunk_state_dict(sd)``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from models.brain_encoder import TRUNK_MODULES, BrainEncoder
+from models.brain_encoder import TRUNK_MODULES, BrainEncoder, BrainEncoderConfig
 from streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.models.pretrain")
@@ -172,3 +178,56 @@ def pretrain_trunk(model: BrainEncoder, windows: Tensor | tuple[Tensor, Tensor] 
         finally:
             model.train(was_training)
     return history
+
+
+def pretrain_session(session: Any, config: PretrainConfig, out_dir: str | os.PathLike, *,
+                     window_s: float = 0.25, model_options: dict | None = None,
+                     progress: bool = True) -> Path:
+    """``glimpse pretrain``: pretrain a brain encoder's trunk on a loaded session, unlabeled.
+
+    Windows of ``window_s`` are cut at seeded random positions from every run of
+    ``session`` (a :class:`models.data.SessionData`), as many as fit end to end in
+    the run; labels and splits are not used (self-supervision, as in MinD-Vis). The
+    trunk has the sizes ``glimpse train`` uses by default unless ``model_options``
+    says otherwise. Writes ``trunk.safetensors`` and ``config.json`` (the model's
+    config, under ``model.config``, which ``glimpse train --init`` reads so that the
+    new model's trunk matches) to ``out_dir``; returns the folder.
+    """
+    from safetensors.torch import save_file
+
+    from .train import _DEFAULT_SIZES
+
+    n_times = session.n_times(window_s)
+    rng = np.random.default_rng(config.seed)
+    xs, subjects = [], []
+    for run in session.runs:
+        n = run.n_samples // n_times
+        if n == 0:
+            continue
+        starts = rng.integers(0, run.n_samples - n_times + 1, size=n)
+        xs.append(np.stack([run.data[:, s:s + n_times] for s in starts]))
+        subjects.append(np.full(n, session.subjects.index(run.subject)))
+    if not xs:
+        raise InputError(f"recordings longer than one {window_s:g} s window", "none",
+                         "pass longer recordings or a shorter --window")
+    options = {**_DEFAULT_SIZES, **(model_options or {})}
+    model_config = BrainEncoderConfig(
+        n_chans=session.n_chans, sfreq=session.sfreq, n_times=n_times,
+        embed_dim=options.pop("embed_dim", 256),  # heads are not trained here; trunk only
+        n_subjects=len(session.subjects), ch_names=list(session.ch_names),
+        positions=session.positions.tolist(), **options)
+    model = BrainEncoder(model_config)
+    windows = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(subjects)))
+    history = pretrain_trunk(model, windows, config, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.trunk_state_dict().items()}, str(out / "trunk.safetensors"))
+    meta = {"format": "glimpse-pretrain", "format_version": 1,
+            "model": {"name": "brain_encoder", "config": model_config.to_dict()},
+            "pretrain": dataclasses.asdict(config), "window_s": window_s,
+            "subjects": list(session.subjects), "data_fingerprint": session.fingerprint,
+            "n_windows": history["n_windows"], "epoch_loss": history["epoch_loss"]}
+    (out / "config.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    logger.info("pretrained the trunk on %d windows: loss %.4f -> %.4f; wrote %s",
+                history["n_windows"], history["epoch_loss"][0], history["epoch_loss"][-1], out)
+    return out

@@ -190,6 +190,114 @@ def gallery_build(
     typer.echo(f"{gallery.summary()}\nwrote {tensors} and {sidecar.name}")
 
 
+# --------------------------------------------------------------------------- train / evaluate
+
+def _load_data(data: Path, subjects: Optional[list[str]], stim_root: Optional[Path], preprocess=None):
+    from models.data import load_session
+
+    return load_session(data, subjects=subjects or None, stim_root=stim_root, preprocess=preprocess,
+                        progress=True)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="A BIDS dataset (e.g. from `glimpse simulate`), one recording, or a THINGS-EEG2 folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write (config.json + model.safetensors + figures/).")],
+    embedder: Annotated[str, typer.Option(help=EMBEDDER_HELP)] = "handcrafted",
+    model: Annotated[str, typer.Option(help="brain_encoder (Benchetrit et al. 2023), ridge, shallow_fbcsp or eegnet (braindecode peers).")] = "brain_encoder",
+    loss: Annotated[str, typer.Option(help="clip (brain-to-image, image-side normalisation), clip_symmetric (InfoNCE, learned temperature), mse, or mix.")] = "mix",
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping on held-out concepts).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    window: Annotated[float, typer.Option(help="Window length in seconds (the live window).")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    init: Annotated[Optional[Path], typer.Option(help="Start the brain encoder's trunk from `glimpse pretrain` output or another checkpoint.")] = None,
+    subject: Annotated[Optional[list[str]], typer.Option(help="BIDS subjects to use (repeat the option); default: all.")] = None,
+    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Image-embedding cache.  [default: $GLIMPSE_CACHE_DIR or ~/.cache/glimpse/embeddings]")] = None,
+) -> None:
+    """Train a decoder from brain windows to image embeddings and write a checkpoint.
+
+    One model across subjects (subject layers), trained on live-length windows at
+    random positions around each image onset plus windows with no fresh stimulus
+    (for the calibrated confidence). Validation holds out whole concepts. Runs
+    under `torchrun --nproc_per_node N` too (DistributedDataParallel).
+
+    Example:
+
+      glimpse train glimpse-demo --out ckpt
+    """
+    from models.train import TrainConfig, train as run_training
+
+    given = dict(model=model, embedder=embedder, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
+                 window_s=window, seed=seed, init=str(init) if init else None, device=device,
+                 cache_dir=str(_cache_dir(cache_dir)))
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    session = _load_data(data, subject, stim_root)
+    result = run_training(session, config, out, progress=True)
+    if result.checkpoint_dir is not None:
+        typer.echo(json.dumps({"checkpoint": str(result.checkpoint_dir), "metrics": result.metrics}, indent=2,
+                              default=str))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `glimpse train`.")],
+    data: Annotated[Path, typer.Argument(help="Dataset with test trials (events.tsv trial_type 'test'), preprocessed as the checkpoint says.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (metrics.json, summary.txt, curve.png, examples.png).  [default: CHECKPOINT/eval]")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics JSON to this file.")] = None,
+    n_way: Annotated[int, typer.Option(help="n for n-way top-1 (MinD-Vis style).")] = 50,
+    subject: Annotated[Optional[list[str]], typer.Option(help="BIDS subjects to evaluate (repeat); default: all.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Image-embedding cache.")] = None,
+) -> None:
+    """Measure retrieval among unseen test images: top-1, top-5, median rank, n-way.
+
+    Single-trial and repeat-averaged results are reported separately, with chance
+    levels, a time-resolved top-5 curve (-200..1000 ms) and, on simulated data, the
+    noise-free ceiling.
+    """
+    from models.evaluate import evaluate as run_evaluation, format_report
+
+    metrics = run_evaluation(checkpoint, data, n_way=n_way, subjects=subject or None,
+                             cache_dir=_cache_dir(cache_dir), out_dir=out or checkpoint / "eval",
+                             progress=True)
+    if json_file is not None:
+        json_file.write_text(json.dumps(metrics, indent=1, default=str) + "\n")
+    typer.echo(format_report(metrics))
+
+
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Argument(help="Recordings to pretrain on (labels are not used).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pretrained trunk (use with `glimpse train --init`).")],
+    mask_ratio: Annotated[float, typer.Option(help="Share of time patches masked and reconstructed.")] = 0.75,
+    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 10,
+    window: Annotated[float, typer.Option(help="Window length in seconds.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    subject: Annotated[Optional[list[str]], typer.Option(help="BIDS subjects (repeat); default: all.")] = None,
+) -> None:
+    """Self-supervised masked-signal pretraining of the brain encoder's trunk (MinD-Vis, DreamDiffusion)."""
+    from models.pretrain import PretrainConfig, pretrain_session
+
+    session = _load_data(data, subject, None)
+    path = pretrain_session(session, PretrainConfig(mask_ratio=mask_ratio, epochs=epochs, seed=seed),
+                            out, window_s=window, progress=True)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `glimpse train`.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write.")],
+) -> None:
+    """Export a checkpoint's brain encoder to ONNX (checked against torch with onnxruntime)."""
+    from models.export import export_checkpoint_onnx
+
+    report = export_checkpoint_onnx(checkpoint, onnx)
+    typer.echo(json.dumps(report, indent=2))
+
+
 # --------------------------------------------------------------------------- demo
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from service.cli import main
 
-COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build"]
+COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build", "train", "evaluate", "pretrain", "export"]
 
 
 @pytest.mark.parametrize("command", [[], *[c.split() for c in COMMANDS]])
@@ -107,3 +107,29 @@ def test_gallery_build_then_load(small_meg_session, tmp_path, capsys):
 def test_gallery_build_unknown_embedder_is_one_line(tmp_path, capsys):
     assert main(["gallery", "build", str(tmp_path), "--out", str(tmp_path / "g"), "--embedder", "dinov9"]) == 2
     assert "dinov9" in _one_line_error(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # pretrain + train + export + evaluate on a small session, 2 cores
+def test_pretrain_train_export_evaluate(small_meg_session, tmp_path, capsys):
+    root, _, _ = small_meg_session
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["pretrain", str(root), "--out", str(tmp_path / "pre"), "--epochs", "1"]) == 0
+    assert (tmp_path / "pre" / "trunk.safetensors").is_file()
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", str(root), "--out", str(ckpt), "--epochs", "2", "--init", str(tmp_path / "pre"),
+                 *cache]) == 0
+    assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "model.onnx")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert max(report["max_abs_diff"].values()) <= 1e-4
+    assert main(["evaluate", str(ckpt), str(root), "--json", str(tmp_path / "metrics.json"), *cache]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test"]["disjoint"] is True
+    assert (ckpt / "eval" / "curve.png").is_file()
+
+
+def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    _one_line_error(capsys)
