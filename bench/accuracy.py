@@ -2,12 +2,15 @@
 
 For each modality (the DEFAULT ``glimpse simulate`` MEG and EEG sessions, simulated
 once into ``--cache``), train the brain encoder, the ridge baseline and the
-braindecode peer through ``models.train`` (default ``TrainConfig`` but the model),
-evaluate each with ``models.evaluate`` (retrieval among the unseen test images,
-headline window at the best VALIDATION offset), and report single-trial and
-repeat-averaged top-1/top-5, chance, the noise-free ceiling and training time.
+braindecode peers (ShallowFBCSPNet, EEGNet) through ``models.train`` (default
+``TrainConfig`` but the model), evaluate each with ``models.evaluate`` (retrieval
+among the unseen test images, headline window at the best VALIDATION offset), and
+report single-trial and repeat-averaged top-1/top-5, chance, the model's noise-free
+ceiling and training time (wall time of ``train()``: fitting, validation,
+calibration, figures). Per session, ``linear_task_ceiling`` tells how predictable
+unseen concepts are at all from noise-free responses (see that function).
 
-Usage: ``python bench/accuracy.py [--quick] [--cache DIR] [--models a,b,c]``.
+Usage: ``python bench/accuracy.py [--quick] [--cache DIR] [--models a,b] [-v]``.
 ``--quick`` is a smoke test (tiny sessions, 2 epochs): its figures mean nothing.
 """
 
@@ -153,7 +156,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sessions and 2 epochs (smoke test)")
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "bench-accuracy",
                         help="where sessions, checkpoints and reports go (default: build/bench-accuracy)")
-    parser.add_argument("--models", default=",".join(MODELS),  # brain encoder, ridge, peers
+    parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated models to train (default: {','.join(MODELS)})")
     parser.add_argument("--modalities", default="meg,eeg", help="comma-separated (default: meg,eeg)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
