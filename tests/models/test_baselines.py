@@ -23,13 +23,8 @@ from models.baselines import (
 from streaming.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on a shared 2-core runner, OpenMP spin-waits cost more than a second thread saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (see tests/models/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ridge_recovers_a_planted_linear_map(tmp_path):

@@ -23,13 +23,8 @@ from streaming.simulate.physics import sensor_info
 PAPER_PARAMS = 6.4e6  # Benchetrit et al. 2023, brain module for THINGS-MEG
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on a shared 2-core runner, OpenMP spin-waits cost more than a second thread saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (see tests/models/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(n_chans: int = 6, n_times: int = 40, seed: int = 0, **overrides) -> BrainEncoderConfig:

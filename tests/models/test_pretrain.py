@@ -20,13 +20,8 @@ from streaming.errors import InputError
 SFREQ = 120.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on a shared 2-core runner, OpenMP spin-waits cost more than a second thread saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (see tests/models/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(n_chans: int = 6, seed: int = 0, **overrides) -> BrainEncoder:
