@@ -13,10 +13,11 @@ The contract (ARCHITECTURE.md, "Checkpoint directory")::
       subjects                   training subject ids; subject index i = subjects[i]
       embedder                   {"name", "dim", "mean_norm"} of the target image embeddings
       retrieval_head             "clip" or "mse": the output to search the gallery with
-      confidence                 {"head": "mse", "weight": [D floats], "bias", "calibrated",
-                                  "ece", "auc", ...}: the calibrated probability that a
-                                  window holds a fresh image,
-                                  p = 1 / (1 + exp(-(dot(mse_out, weight) + bias)))
+      confidence                 {"features": "window_stats_v1", "weight": [3 C floats],
+                                  "bias", "calibrated", "ece", "auc", ...}: the calibrated
+                                  probability that a window holds a fresh image,
+                                  p = 1 / (1 + exp(-(dot(window_stats(x), weight) + bias)))
+                                  (:func:`window_stats`: per-channel statistics of the window)
       data_fingerprint           sha256 of the training recordings' identity + preprocessing
       data, training, metrics    where the data came from, TrainConfig, validation figures
       glimpse_version, created
@@ -51,8 +52,9 @@ from streaming.preprocess import PreprocessConfig
 
 logger = logging.getLogger("glimpse.models.checkpoint")
 
-__all__ = ["CONFIG_FILE", "FORMAT", "VERSION", "WEIGHTS_FILE", "Checkpoint", "check_compatible",
-           "load_checkpoint", "read_safetensors", "save_checkpoint"]
+__all__ = ["CONFIG_FILE", "FORMAT", "VERSION", "WEIGHTS_FILE", "WINDOW_STATS", "Checkpoint",
+           "check_compatible", "load_checkpoint", "read_safetensors", "save_checkpoint",
+           "window_stats"]
 
 FORMAT = "glimpse-checkpoint"
 VERSION = 1
@@ -62,6 +64,23 @@ WEIGHTS_FILE = "model.safetensors"
 REQUIRED_META = ("ch_names", "positions", "sfreq", "window", "preprocess", "subjects",
                  "embedder", "data_fingerprint")
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; a bare pickle
+#: Name of the confidence's input features (:func:`window_stats`), stored in config.json.
+WINDOW_STATS = "window_stats_v1"
+
+
+def window_stats(windows: np.ndarray) -> np.ndarray:
+    """``(B, C, T) -> (B, 3 C)`` float64: the confidence's features of each window.
+
+    Per channel: the log variance over time (an evoked response adds power), the mean
+    (its slow deflection) and the mean of the last third minus that of the first (its
+    rise or fall). Cheap (a few operations per sample) and the same for every model.
+    """
+    x = np.asarray(windows, np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    third = max(1, x.shape[-1] // 3)
+    return np.concatenate([np.log(x.var(axis=-1) + 1e-6), x.mean(axis=-1),
+                           x[..., -third:].mean(-1) - x[..., :third].mean(-1)], axis=-1)
 
 
 # --------------------------------------------------------------------------- the loaded object
@@ -148,14 +167,15 @@ class Checkpoint:
         """
         clip, mse = self.forward(windows, subject)
         emb = clip if self.retrieval_head == "clip" else mse
-        return emb, self.confidence_of(mse)
+        x = windows.cpu().numpy() if isinstance(windows, torch.Tensor) else windows
+        return emb, self.confidence_of(x)
 
-    def confidence_of(self, mse_out: np.ndarray) -> np.ndarray | None:
-        """Apply config.json's confidence to MSE-head outputs ``(B, D)`` -> ``(B,)`` in [0, 1]."""
+    def confidence_of(self, windows: np.ndarray) -> np.ndarray | None:
+        """config.json's confidence of ``(B, C, T)`` or ``(C, T)`` windows: ``(B,)`` in [0, 1]."""
         c = self.confidence
         if c is None:
             return None
-        logit = np.asarray(mse_out, np.float64) @ np.asarray(c["weight"], np.float64) + c["bias"]
+        logit = window_stats(windows) @ np.asarray(c["weight"], np.float64) + c["bias"]
         return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 
 
@@ -297,9 +317,9 @@ def load_checkpoint(directory: str | os.PathLike, *, device: str = "cpu") -> Che
     """Load a checkpoint directory (json + safetensors only); the model is in eval mode."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
+        what = "is a file" if directory.exists() else "does not exist"
         raise InputError("a checkpoint folder (config.json + model.safetensors)",
-                         f"{directory}, which {'is a file' if directory.exists() else 'does not exist'}",
-                         "pass the --out folder of glimpse train")
+                         f"{directory}, which {what}", "pass the --out folder of glimpse train")
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()]
     if missing:
         raise InputError("a checkpoint folder with config.json and model.safetensors",
@@ -323,6 +343,15 @@ def load_checkpoint(directory: str | os.PathLike, *, device: str = "cpu") -> Che
         window_s=float(window["seconds"]), subjects=tuple(config["subjects"]),
         retrieval_head=config.get("retrieval_head", "clip"), confidence=config.get("confidence"),
         device=device)
+    conf = ckpt.confidence
+    if conf is not None and (conf.get("features") != WINDOW_STATS
+                             or len(conf.get("weight") or ()) != 3 * ckpt.n_chans
+                             or not isinstance(conf.get("bias"), (int, float))):
+        raise InputError(f"a confidence of features {WINDOW_STATS!r} with {3 * ckpt.n_chans} "
+                         "weights and a bias in config.json",
+                         f"features {conf.get('features')!r}, "
+                         f"{len(conf.get('weight') or ())} weights",
+                         "re-save the checkpoint with this glimpse version's train")
     if preprocess.ch_names is not None and tuple(preprocess.ch_names) != ckpt.ch_names:
         raise InputError("channels.names equal to preprocess.ch_names in config.json",
                          "two different lists", "re-save the checkpoint with glimpse train")
@@ -369,7 +398,8 @@ def _build(name: str, model_config: dict[str, Any], tensors: dict[str, torch.Ten
             c, t, d = (int(model_config[k]) for k in ("n_chans", "n_times", "embed_dim"))
         except (KeyError, TypeError, ValueError):
             raise InputError("a ridge config with n_chans, n_times and embed_dim",
-                             f"{model_config}", "re-save the checkpoint with glimpse train") from None
+                             f"{model_config}",
+                             "re-save the checkpoint with glimpse train") from None
         expected = {"coef": (d, c * t), "intercept": (d,), "mean": (c * t,), "scale": (c * t,),
                     "window_shape": (2,), "alpha": (1,)}
         # "alphas" (the searched grid) has any length.

@@ -68,9 +68,11 @@ __all__ = [
     "split_trials", "window_ends",
 ]
 
-#: Window END, in s after onset, of training "stimulus" windows (uniform). The
-#: first ~60 ms carry nothing yet (filter delay), but live windows end there too.
-STIM_OFFSETS = (0.05, 0.8)
+#: Window END, in s after onset, of training "stimulus" windows (uniform). A window
+#: that ends earlier holds no response yet (the causal filters' ~61 ms delay plus the
+#: ~100 ms visual latency): it is trained neither as a stimulus nor as nothing new,
+#: and live its confidence is low, as it should be.
+STIM_OFFSETS = (0.15, 0.8)
 #: Window END, in s after onset, of "nothing new" windows: the fixation before an
 #: image and the first 40 ms after it, before any response can have arrived.
 NOTHING_OFFSETS = (-0.25, 0.04)
@@ -364,7 +366,8 @@ class WindowSampler:
         ok = lo <= hi
         if not ok.all():
             logger.debug("%d trials have no room for a stimulus window; left out", int((~ok).sum()))
-        self.trials, self._lo, self._hi = trials[ok], lo[ok].astype(np.int64), hi[ok].astype(np.int64)
+        self.trials = trials[ok]
+        self._lo, self._hi = lo[ok].astype(np.int64), hi[ok].astype(np.int64)
         self._nothing = (np.empty(0, np.int64),) * 3
         if nothing_offsets is not None and nothing_fraction > 0:
             quiet = np.ceil((table.prev_onset[trials] + min_quiet_s) * sfreq - 1e-6) + n - 1
@@ -804,7 +807,8 @@ def _load_things_eeg2(path: Path, subjects, preprocess: PreprocessConfig, image_
                 im = part.images[t // n_rep]
                 onset = (t * n_ep - tmin * sfreq) / sfreq  # sample of time 0 in epoch t
                 trials.append(Trial(onset=onset, stim_file=im.stim_file, concept=im.concept,
-                                    split=split, trial_type=split, sample=int(round(onset * sfreq))))
+                                    split=split, trial_type=split,
+                                    sample=int(round(onset * sfreq))))
             runs.append(Run(subject=name, source=eeg.eeg_dir, data=cont, trials=trials,
                             kind="epochs"))
             identity.append({"file": f"sub-{name}/{split}", "shape": list(data.shape),

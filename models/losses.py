@@ -9,8 +9,7 @@
   softmax runs over the images of the batch, brain -> image only.
 - :func:`mse_loss`: squared error per window (summed over dimensions).
 - :class:`DecodingLoss`: ``lam * clip + (1 - lam) * mse`` (Benchetrit's combined
-  loss: the CLIP head gives the contrastive term, the MSE head the regression),
-  plus a presence term that learns the confidence.
+  loss: the CLIP head gives the contrastive term, the MSE head the regression).
 
 Batches often hold one image twice (two subjects, repeats, two windows of one
 trial). ``labels`` (the image's row) make such pairs positives, never negatives:
@@ -111,36 +110,28 @@ class ClipLoss(nn.Module):
 class DecodingLoss(nn.Module):
     """The training objective on a batch of windows, by name (:data:`LOSSES`).
 
-    ``forward(clip_out, mse_out, image, labels, is_stimulus)`` adds, with weights
-    ``(clip, mse)`` = (1, 0) for ``clip`` and ``clip_symmetric``, (0, 1) for ``mse``
-    and (``lam``, ``1 - lam``) for ``mix``:
-
-    - the contrastive term, on the CLIP head, over the stimulus windows;
-    - the regression term, on the MSE head, over the stimulus windows (targets
-      L2-normalised);
-    - ``confidence_weight`` x the presence term: a linear probe on the MSE head's
-      output (``presence``, ``embed_dim -> 1``) classifies stimulus against "nothing
-      new" windows (binary cross-entropy). Its logit, Platt-calibrated after
-      training, is the checkpoint's confidence; its gradient also teaches the trunk
-      to tell a fresh image from none.
+    ``forward(clip_out, mse_out, image, labels, is_stimulus)`` adds, over the
+    stimulus windows (rows where ``is_stimulus``; "nothing new" windows carry no
+    image and are ignored), with weights ``(clip, mse)`` = (1, 0) for ``clip`` and
+    ``clip_symmetric``, (0, 1) for ``mse`` and (``lam``, ``1 - lam``) for ``mix``:
+    the contrastive term on the CLIP head and the regression term on the MSE head
+    (targets L2-normalised).
     """
 
-    def __init__(self, name: str = "mix", *, embed_dim: int, lam: float = 0.75,
-                 confidence_weight: float = 0.5):
+    def __init__(self, name: str = "mix", *, lam: float = 0.75):
         super().__init__()
         if name not in LOSSES:
             raise InputError(f"a loss among {LOSSES}", repr(name), "pick one of those")
         if not 0.0 <= lam <= 1.0:
             raise InputError("mix_lambda in [0, 1]", repr(lam), "use e.g. 0.75")
-        self.name, self.confidence_weight = name, float(confidence_weight)
+        self.name = name
         self.clip = ClipLoss(symmetric=name == "clip_symmetric")
-        self.presence = nn.Linear(embed_dim, 1)
         self.w_clip, self.w_mse = {"clip": (1.0, 0.0), "clip_symmetric": (1.0, 0.0),
                                    "mse": (0.0, 1.0), "mix": (lam, 1.0 - lam)}[name]
 
     def forward(self, clip_out: Tensor, mse_out: Tensor, image: Tensor, labels: Tensor,
                 is_stimulus: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """(loss, its parts as floats); ``image`` rows of nothing-new windows are ignored."""
+        """(loss, its parts as floats)."""
         parts = {}
         total = clip_out.new_zeros(())
         stim = is_stimulus.bool()
@@ -152,9 +143,4 @@ class DecodingLoss(nn.Module):
             m = mse_loss(mse_out[stim], F.normalize(image[stim], dim=-1))
             total = total + self.w_mse * m
             parts["mse"] = float(m.detach())
-        if self.confidence_weight > 0:
-            logit = self.presence(mse_out).squeeze(-1)
-            p = F.binary_cross_entropy_with_logits(logit, stim.to(logit.dtype))
-            total = total + self.confidence_weight * p
-            parts["presence"] = float(p.detach())
         return total, parts

@@ -4,10 +4,11 @@
 :class:`TrainConfig`, and writes a checkpoint directory (``models.checkpoint``)
 with ``figures/training.png`` and ``figures/reliability.png``.
 
-- **Data.** Streaming-ready windows (``window_s``, 0.25 s) redrawn every epoch by
-  :class:`~models.data.WindowSampler` from the training concepts' trials, plus
-  "nothing new" windows. Validation: deterministic windows of WHOLE held-out
-  training concepts (``val_concept_fraction``); test trials are never touched.
+- **Data.** Streaming-ready stimulus windows (``window_s``, 0.25 s; ends 0.15-0.8 s
+  after onset) redrawn every epoch by :class:`~models.data.WindowSampler` from the
+  training concepts' trials; "nothing new" windows train the confidence head.
+  Validation: deterministic windows of WHOLE held-out training concepts
+  (``val_concept_fraction``); test trials are never touched.
 - **Models.** ``brain_encoder`` (subject layers: one model across subjects),
   braindecode peers (``shallow_fbcsp``, ``eegnet``) through
   ``models.baselines.build_model``, and ``ridge`` (closed form, same entry point).
@@ -15,14 +16,18 @@ with ``figures/training.png`` and ``figures/reliability.png``.
   ``clip_symmetric``, ``mse``, ``mix``); Adam or AdamW; early stopping on the
   validation top-5 retrieval among the validation images (or the validation loss),
   keeping the best state.
-- **Confidence.** "Nothing new" windows (the fixation before an image) train a
-  presence probe, a linear map of the MSE head's output to a logit, stimulus
-  against none (``DecodingLoss``; for ridge, a logistic regression on its
-  predictions). After training it is Platt-scaled on validation windows (stimulus
-  windows every 50 ms from 0.05 to 0.8 s after onset against nothing-new windows
-  before it) and folded into one ``weight`` vector and ``bias``, plain numbers in
-  ``config.json``: ``confidence = 1 / (1 + exp(-(mse_head(x) . weight + bias)))``,
-  with its expected calibration error and AUC.
+- **Confidence.** A small confidence head, separate from the decoder: a logistic
+  regression on per-channel statistics of the window
+  (:func:`models.checkpoint.window_stats`: log variance, mean, rise), trained on
+  training-trial windows with a fresh image against "nothing new" windows (the
+  fixation before an image). It is then Platt-scaled on validation windows
+  (stimulus windows every 50 ms from 0.15 to 0.8 s after onset, nothing-new ones
+  every 50 ms from -0.25 to 0.04 s) and folded into one ``weight`` vector and
+  ``bias``, plain numbers in ``config.json``, with the expected calibration error
+  and AUC: ``confidence = 1 / (1 + exp(-(window_stats(x) . weight + bias)))``. The
+  same head serves every model, costs microseconds live, and does not compete with
+  the decoder for its capacity (a probe on the decoder's LayerNorm-ed heads, which
+  discard a window's power, did not learn presence within the CPU budget).
 - **DDP.** Under ``torchrun --nproc_per_node N`` (env ``WORLD_SIZE``), each rank
   builds the same model (same seed), draws the same windows and takes its shard of
   them; DistributedDataParallel (``gloo`` on CPU, ``nccl`` on CUDA) averages the
@@ -33,12 +38,15 @@ Speed: :func:`train` flushes denormal floats to zero (``torch.set_flush_denormal
 while it runs: on x86 CPUs, arithmetic on them (tiny gradients and Adam moments)
 runs 5-10x slower, and the model's results do not depend on values below 1e-38.
 
-Sizes (the default run, 2 CPU cores): the brain encoder keeps the paper's
-architecture (spatial attention, subject layers, 5 dilated residual blocks, GLU,
-two heads) but ``hidden=160``, ``spatial_channels=128`` by default instead of
-320 and 270: the paper's widths cost ~14x more per window on a CPU, which a
-250 ms window of a ~600-trial session does not repay. Pass ``hidden=320,
-spatial_channels=270`` for the paper's sizes.
+Sizes (the default run must finish in 5 minutes on 2 CPU cores): the brain encoder
+keeps the paper's architecture (spatial attention, subject layers, 5 dilated
+residual blocks, GLU, two heads) at ``hidden=96``, ``spatial_channels=64`` instead
+of 320 and 270: ~0.7 M parameters instead of ~5 M, and ~10x less compute per
+window, which a few hundred training trials do not repay anyway (measured on the
+default simulated session: 48 s for the whole run, loading included, on the 2-core
+development machine; the paper's widths took 375 s for 16 epochs of 4 windows per
+trial, and validated no better). Pass ``hidden=320, spatial_channels=270`` for the
+paper's sizes.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from streaming.errors import InputError
@@ -75,10 +83,10 @@ __all__ = ["MODEL_NAMES", "TrainConfig", "TrainResult", "calibration_offsets", "
 #: Models :func:`train` builds; "ridge" is closed-form, the others are trained by SGD.
 MODEL_NAMES = ("brain_encoder", "shallow_fbcsp", "eegnet", "ridge")
 #: Window ends (s after onset) of the windows the confidence is calibrated on.
-CALIB_STIM_OFFSETS = tuple(np.round(np.arange(0.05, 0.8001, 0.05), 3).tolist())
+CALIB_STIM_OFFSETS = tuple(np.round(np.arange(0.15, 0.8001, 0.05), 3).tolist())
 CALIB_NOTHING_OFFSETS = tuple(np.round(np.arange(-0.25, 0.0401, 0.05), 3).tolist())
 # Brain-encoder sizes for the default run (see the module docstring).
-_DEFAULT_SIZES = {"hidden": 160, "spatial_channels": 128}
+_DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64}
 _EVAL_BATCH = 512
 
 
@@ -88,12 +96,13 @@ class TrainConfig:
 
     ``model`` in :data:`MODEL_NAMES`; ``embedder`` a ``models.embedders`` spec;
     ``window_s`` the live window (s). ``loss`` in ``models.losses.LOSSES`` with
-    ``mix_lambda`` for "mix" and ``confidence_weight`` for the presence term (the
-    confidence, see ``models.losses.DecodingLoss``). ``val_metric``: "top5"
-    (retrieval among validation images; ties go to the lower loss) or "loss". ``patience``: epochs without improvement before stopping.
+    ``mix_lambda`` for "mix". ``val_metric``: "top5" (retrieval among validation
+    images; ties go to the lower loss) or "loss". ``patience``: epochs without
+    improvement before stopping.
     ``windows_per_trial``: stimulus windows drawn per training trial and epoch (random
     offsets: augmentation, and more optimiser steps per epoch on small datasets);
-    ``nothing_fraction``: nothing-new windows per stimulus window.
+    ``nothing_fraction``: nothing-new windows per stimulus window for the confidence
+    head (``presence_draws`` draws of the training trials).
     ``init``: a checkpoint or pretraining directory whose trunk weights start the
     brain encoder. ``hidden``, ``spatial_channels``, ``n_blocks``, ``dropout``
     override the brain encoder's sizes; ``model_options`` passes any other field of
@@ -104,19 +113,18 @@ class TrainConfig:
     model: str = "brain_encoder"
     embedder: str = "handcrafted"
     window_s: float = 0.25
-    epochs: int = 20
+    epochs: int = 25
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     loss: str = "mix"
     mix_lambda: float = 0.75
-    confidence_weight: float = 0.5
     patience: int = 6
     val_concept_fraction: float = 0.15
     val_metric: str = "top5"
     nothing_fraction: float = 0.5
-    windows_per_trial: int = 2
+    windows_per_trial: int = 1
     stim_offsets: tuple[float, float] = STIM_OFFSETS
     nothing_offsets: tuple[float, float] = NOTHING_OFFSETS
     eval_offsets: tuple[float, ...] = EVAL_OFFSETS
@@ -129,6 +137,7 @@ class TrainConfig:
     dropout: float | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     ridge_draws: int = 4
+    presence_draws: int = 3
     num_threads: int | None = None
     cache_dir: str | None = None
 
@@ -147,7 +156,8 @@ class TrainConfig:
         need(self.loss in LOSSES, "loss", f"in {LOSSES}", "pick one of those")
         need(self.optimizer in ("adam", "adamw"), "optimizer", "'adam' or 'adamw'", "use adamw")
         need(self.val_metric in ("top5", "loss"), "val_metric", "'top5' or 'loss'", "use top5")
-        for name in ("epochs", "batch_size", "patience", "ridge_draws", "windows_per_trial"):
+        for name in ("epochs", "batch_size", "patience", "ridge_draws", "windows_per_trial",
+                     "presence_draws"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
                  "an integer >= 1", f"pass e.g. --{name.replace('_', '-')} 10")
@@ -158,7 +168,6 @@ class TrainConfig:
                  "a positive number", "use the default")
         need(0 <= self.weight_decay < 1, "weight_decay", "in [0, 1)", "use e.g. 0.01")
         need(0 <= self.mix_lambda <= 1, "mix_lambda", "in [0, 1]", "use e.g. 0.75")
-        need(0 <= self.confidence_weight, "confidence_weight", ">= 0", "use e.g. 0.5")
         need(0 <= self.val_concept_fraction < 1, "val_concept_fraction", "in [0, 1)",
              "use e.g. 0.15")
         need(len(self.stim_offsets) == 2 and self.stim_offsets[0] <= self.stim_offsets[1],
@@ -357,6 +366,13 @@ def _build_model(config: TrainConfig, data: SessionData, embed_dim: int, n_times
                 options[name] = getattr(config, name)
     else:
         options["arch"] = config.model
+        if config.model == "shallow_fbcsp":
+            # Schirrmeister's kernels (25 and 75 samples) need ~0.8 s at 120 Hz; for a
+            # live window they are scaled to it (a third and a half of the window).
+            n = n_times
+            options["model_kwargs"] = {"filter_time_length": max(3, n // 3),
+                                       "pool_time_length": max(2, n // 2),
+                                       "pool_time_stride": max(1, n // 6)}
     options.update(config.model_options)
     return baselines.build_model(config.model, options)
 
@@ -380,12 +396,11 @@ def _init_architecture(init: str | None) -> dict[str, Any]:
 
 
 def _load_init(model: nn.Module, init: str) -> None:
-    from safetensors.torch import load_file
-
     from .brain_encoder import TRUNK_MODULES
 
     folder = Path(init)
-    files = [folder / n for n in ("trunk.safetensors", "model.safetensors") if (folder / n).is_file()]
+    files = [folder / n for n in ("trunk.safetensors", "model.safetensors")
+             if (folder / n).is_file()]
     if not files:
         raise InputError("a pretraining or checkpoint folder with trunk.safetensors or "
                          "model.safetensors (--init)", f"{folder}", "pass the folder of "
@@ -440,16 +455,12 @@ def _by_offset(hit: np.ndarray, offset_s: np.ndarray, offsets: Sequence[float]
 
 def _validate(model, windows: WindowSet | None, targets: np.ndarray, val_images: np.ndarray,
               retrieval_head: str, loss_fn: DecodingLoss | None, device: str,
-              nothing: WindowSet | None = None, offsets: Sequence[float] = EVAL_OFFSETS
-              ) -> dict[str, Any]:
+              offsets: Sequence[float] = EVAL_OFFSETS) -> dict[str, Any]:
     """Top-1/top-5 among the validation images (per offset and overall) and the loss."""
     if windows is None or not len(windows):
         return {}
-    with_nothing = loss_fn is not None and nothing is not None and len(nothing)
-    ws = WindowSet.concatenate([windows, nothing]) if with_nothing else windows
-    clip_all, mse_all = _forward(model, ws.x, ws.subject, device)  # one pass for both figures
-    n = len(windows)
-    pred = (clip_all if retrieval_head == "clip" else mse_all)[:n]
+    clip_out, mse_out = _forward(model, windows.x, windows.subject, device)
+    pred = clip_out if retrieval_head == "clip" else mse_out
     row = {int(r): i for i, r in enumerate(val_images)}
     truth = np.array([row[int(t)] for t in windows.target])
     hits = retrieval_topk(pred, targets[val_images], truth)
@@ -458,45 +469,78 @@ def _validate(model, windows: WindowSet | None, targets: np.ndarray, val_images:
            "top5_by_offset": _by_offset(hits[5], windows.offset_s, offsets)}
     if loss_fn is not None:
         with torch.no_grad():
-            image = torch.from_numpy(targets[np.maximum(ws.target, 0)])
-            loss, _ = loss_fn(torch.from_numpy(clip_all), torch.from_numpy(mse_all), image,
-                              torch.from_numpy(ws.target), torch.from_numpy(ws.is_stimulus))
+            loss, _ = loss_fn(torch.from_numpy(clip_out), torch.from_numpy(mse_out),
+                              torch.from_numpy(targets[windows.target]),
+                              torch.from_numpy(windows.target),
+                              torch.from_numpy(windows.is_stimulus))
         out["loss"] = float(loss)
     return out
 
 
-def _calibrate(model, probe: tuple[np.ndarray, float], data: SessionData, trials: np.ndarray,
-               window_s: float, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The confidence for config.json: the presence probe, Platt-calibrated on ``trials``.
+def _fit_presence(data: SessionData, trials: np.ndarray, config: TrainConfig
+                  ) -> tuple[np.ndarray, float]:
+    """The confidence head before calibration: (weight (3 C,), bias) on ``window_stats``.
 
-    ``probe`` = (weight (D,), bias): the logit ``mse_out . weight + bias`` learned on
-    training windows. Platt's ``a, b`` (fitted on validation windows) fold into it, so
-    the checkpoint stores one ``weight`` and one ``bias``. Without validation trials
-    the probe is stored as trained (``calibrated: false``). Returns (confidence, plot).
+    A logistic regression (L2, C = 0.1, on standardised features, folded back) of
+    stimulus against nothing-new windows of the training trials, ``presence_draws``
+    random draws of each.
     """
+    from sklearn.linear_model import LogisticRegression
+
+    from .checkpoint import window_stats
+
+    sampler = WindowSampler(data, trials, window_s=config.window_s,
+                            stim_offsets=config.stim_offsets,
+                            nothing_offsets=config.nothing_offsets,
+                            nothing_fraction=config.nothing_fraction,
+                            seed=config.seed + 1)
+    ws = WindowSet.concatenate([sampler.sample(e) for e in range(config.presence_draws)])
+    feats = window_stats(ws.x)
+    n_chans = ws.x.shape[1]
+    if ws.is_stimulus.all():
+        logger.warning("no nothing-new windows in the training trials (no quiet time before "
+                       "onsets): the confidence is constant")
+        return np.zeros(3 * n_chans), 0.0
+    mu, sd = feats.mean(0), feats.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    lr = LogisticRegression(C=0.1, max_iter=2000).fit((feats - mu) / sd, ws.is_stimulus)
+    weight = lr.coef_[0] / sd
+    return weight, float(lr.intercept_[0] - weight @ mu)
+
+
+def _calibrate(probe: tuple[np.ndarray, float], data: SessionData, trials: np.ndarray,
+               window_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The confidence for config.json: the head, Platt-calibrated on ``trials``' windows.
+
+    Platt's ``a, b`` fold into the head, so the checkpoint stores one ``weight`` and one
+    ``bias``. Without validation windows of both kinds, the head is stored as trained
+    (``calibrated: false``). Returns (confidence, reliability-plot data).
+    """
+    from .checkpoint import WINDOW_STATS, window_stats
+
     weight, bias = probe
-    base = {"head": "mse", "formula": "1 / (1 + exp(-(dot(mse_head(x), weight) + bias)))"}
+    base = {"features": WINDOW_STATS,
+            "formula": "1 / (1 + exp(-(dot(window_stats(x), weight) + bias)))"}
     stim_off, nothing_off = calibration_offsets()
     windows = [fixed_windows(data, trials, window_s=window_s, offsets=stim_off),
                fixed_windows(data, trials, window_s=window_s, offsets=nothing_off,
                              is_stimulus=False)] if len(trials) else []
     if not windows or not len(windows[0]) or not len(windows[1]):
         logger.warning("no validation windows of both kinds to calibrate the confidence on; "
-                       "the checkpoint stores the presence probe uncalibrated")
+                       "the checkpoint stores the confidence head uncalibrated")
         return {**base, "weight": weight.tolist(), "bias": bias, "calibrated": False,
                 "ece": None, "auc": None}, {}
     ws = WindowSet.concatenate(windows)
-    _, mse_out = _forward(model, ws.x, ws.subject, device)
-    score = mse_out.astype(np.float64) @ weight + bias
+    score = window_stats(ws.x) @ weight + bias
     a, b = platt_fit(score, ws.is_stimulus)
     prob = apply_platt(score, a, b)
     ece, bins = expected_calibration_error(prob, ws.is_stimulus)
-    # AUC by ranks: how well the probe separates the two kinds (calibration keeps it).
+    # AUC by ranks: how well the head separates the two kinds (calibration keeps it).
     order = np.argsort(np.argsort(score))
     n_pos, n_neg = int(ws.is_stimulus.sum()), int((~ws.is_stimulus).sum())
     auc = (order[ws.is_stimulus].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg)
     confidence = {**base, "weight": (a * weight).tolist(), "bias": a * bias + b,
-                  "calibrated": True, "method": "presence probe + Platt scaling",
+                  "calibrated": True, "method": "logistic head + Platt scaling",
                   "ece": ece, "auc": float(auc), "n_windows": len(ws),
                   "stim_offsets": list(stim_off), "nothing_offsets": list(nothing_off)}
     return confidence, {"bins": bins, "prob": prob, "label": ws.is_stimulus,
@@ -562,7 +606,7 @@ def _seed_everything(seed: int) -> None:
 
 def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
           progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``data`` and write a checkpoint to ``out_dir``; see the module doc."""
+    """Train ``config.model`` on ``data``, write a checkpoint to ``out_dir``; see the module doc."""
     from .checkpoint import save_checkpoint
 
     start = time.perf_counter()
@@ -583,40 +627,34 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
         val_images = np.unique(data.trials.image[splits.val])
         val = (fixed_windows(data, splits.val, window_s=config.window_s,
                              offsets=config.eval_offsets) if len(splits.val) else None)
-        val_nothing = (fixed_windows(data, splits.val, window_s=config.window_s,
-                                     offsets=CALIB_NOTHING_OFFSETS, is_stimulus=False)
-                       if len(splits.val) else None)
         logger.info("training %s on %d trials (%d concepts), validating on %d trials "
                     "(%d held-out concepts, %d images), %d-sample windows, world size %d",
                     config.model, len(splits.train), len(splits.train_concepts), len(splits.val),
                     len(splits.val_concepts), len(val_images), n_times, dist.world)
         model = _build_model(config, data, targets.shape[1], n_times)
         retrieval_head = "mse" if config.loss == "mse" else "clip"
-        loss_fn = DecodingLoss(config.loss, embed_dim=targets.shape[1], lam=config.mix_lambda,
-                               confidence_weight=config.confidence_weight)
+        loss_fn = DecodingLoss(config.loss, lam=config.mix_lambda)
+        # The decoder learns from stimulus windows only; nothing-new windows train the
+        # confidence head below.
         sampler = WindowSampler(data, splits.train, window_s=config.window_s,
-                                stim_offsets=config.stim_offsets,
-                                nothing_offsets=config.nothing_offsets,
-                                nothing_fraction=config.nothing_fraction,
+                                stim_offsets=config.stim_offsets, nothing_offsets=None,
                                 windows_per_trial=config.windows_per_trial, seed=config.seed)
         if config.model == "ridge":
             retrieval_head = "mse"
-            model, probe, history, best_epoch = _fit_ridge(model, sampler, targets, config)
+            model, history, best_epoch = _fit_ridge(model, sampler, targets, config)
         else:
             if config.init:
                 if config.model != "brain_encoder":
                     raise InputError("--init with model brain_encoder", config.model,
                                      "drop --init, or train the brain encoder")
                 _load_init(model, config.init)
-            history, best_epoch = _fit_sgd(model, loss_fn, sampler, targets, val, val_nothing,
-                                           val_images, retrieval_head, config, dist, progress)
-            probe = (loss_fn.presence.weight.detach().cpu().numpy()[0].astype(np.float64),
-                     float(loss_fn.presence.bias.detach().cpu()))
+            history, best_epoch = _fit_sgd(model, loss_fn, sampler, targets, val, val_images,
+                                           retrieval_head, config, dist, progress)
         final = _validate(model, val, targets, val_images, retrieval_head,
                           None if config.model == "ridge" else loss_fn, config.device,
-                          val_nothing, config.eval_offsets)
-        confidence, plot = _calibrate(model, probe, data, splits.val, config.window_s,
-                                      config.device)
+                          config.eval_offsets)
+        probe = _fit_presence(data, splits.train, config)
+        confidence, plot = _calibrate(probe, data, splits.val, config.window_s)
         metrics = _metrics(final, history, best_epoch, splits, val_images, confidence,
                            time.perf_counter() - start, dist.world)
         checkpoint_dir = None
@@ -636,8 +674,8 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
                          "val_concepts": list(splits.val_concepts)},
             }
             checkpoint_dir = save_checkpoint(out_dir, model, meta)
-            _figure_training(history, final.get("chance_top5"), out_dir / "figures" / "training.png",
-                             best_epoch)
+            _figure_training(history, final.get("chance_top5"),
+                             out_dir / "figures" / "training.png", best_epoch)
             if plot:
                 _figure_reliability(plot, confidence, out_dir / "figures" / "reliability.png")
             (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n",
@@ -668,39 +706,25 @@ def _targets(data: SessionData, embedder, cache, dist: _Dist, progress: bool) ->
 
 
 def _fit_ridge(model, sampler: WindowSampler, targets: np.ndarray, config: TrainConfig
-               ) -> tuple[Any, tuple[np.ndarray, float], list[dict[str, float]], None]:
+               ) -> tuple[Any, list[dict[str, float]], None]:
     """Closed-form fit on ``ridge_draws`` epochs' worth of windows (random offsets).
 
-    Stimulus windows regress the unit-norm image embedding and nothing-new windows the
-    origin, so that presence is linear in the predictions; the presence probe is then a
-    logistic regression of stimulus against nothing-new windows on them.
     Returns the model as the checkpoint stores it (float32 arrays), so that what is
     validated and calibrated here is exactly what is served.
     """
-    from sklearn.linear_model import LogisticRegression
-
     ws = WindowSet.concatenate([sampler.sample(e) for e in range(config.ridge_draws)])
-    stim = ws.is_stimulus
     unit = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
-    y = np.where(stim[:, None], unit[np.maximum(ws.target, 0)], 0.0).astype(np.float32)
+    y = unit[ws.target].astype(np.float32)
     model = type(model).from_arrays(model.fit(ws.x, y).to_arrays())
-    pred = np.asarray(model.predict(ws.x), np.float64)
-    train_loss = float(((pred[stim] - y[stim]) ** 2).sum(1).mean())
-    probe = (np.zeros(pred.shape[1]), 0.0)
-    if stim.all():
-        logger.warning("no nothing-new windows: the ridge presence probe stays at zero")
-    else:
-        lr = LogisticRegression(C=0.1, max_iter=1000).fit(pred, stim)
-        probe = (lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
-    logger.info("ridge fitted on %d windows; train squared error %.4f", int(stim.sum()),
-                train_loss)
-    return model, probe, [{"epoch": 1, "train_loss": train_loss}], None
+    train_loss = float(((np.asarray(model.predict(ws.x)) - y) ** 2).sum(1).mean())
+    logger.info("ridge fitted on %d windows; train squared error %.4f", len(ws), train_loss)
+    return model, [{"epoch": 1, "train_loss": train_loss}], None
 
 
 def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
-             targets: np.ndarray, val: WindowSet | None, val_nothing: WindowSet | None,
-             val_images: np.ndarray, retrieval_head: str, config: TrainConfig, dist: _Dist,
-             progress: bool) -> tuple[list[dict[str, float]], int | None]:
+             targets: np.ndarray, val: WindowSet | None, val_images: np.ndarray,
+             retrieval_head: str, config: TrainConfig, dist: _Dist, progress: bool
+             ) -> tuple[list[dict[str, float]], int | None]:
     device = config.device
     objective = _Objective(model, loss_fn).to(device)
     if dist.world > 1:
@@ -745,7 +769,7 @@ def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
         if val is not None and len(val):
             res = _validate(model, val, targets, val_images, retrieval_head, loss_fn, device,
-                            val_nothing, config.eval_offsets)
+                            config.eval_offsets)
             row.update({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]})
             # Ties on top-5 (frequent on small validation sets) go to the lower loss.
             value = (dist.broadcast(res["top5"]) if higher else 0.0, -dist.broadcast(res["loss"]))

@@ -12,7 +12,7 @@ import torch
 from models.baselines import RidgeBaseline
 from models.brain_encoder import BrainEncoder, BrainEncoderConfig
 from models.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_checkpoint,
-                               save_checkpoint)
+                               save_checkpoint, window_stats)
 from streaming.errors import InputError
 from streaming.preprocess import PreprocessConfig
 
@@ -35,8 +35,8 @@ def _meta(model_positions) -> dict:
             "window": {"n_times": N_TIMES, "seconds": 0.25}, "preprocess": pre.to_dict(),
             "subjects": ["01", "02"], "embedder": {"name": "handcrafted", "dim": DIM},
             "data_fingerprint": "0" * 64, "retrieval_head": "clip",
-            "confidence": {"head": "mse", "weight": [0.5] * DIM, "bias": -1.0,
-                           "calibrated": True, "ece": 0.05},
+            "confidence": {"features": "window_stats_v1", "weight": [0.5] * (3 * N_CHANS),
+                           "bias": -1.0, "calibrated": True, "ece": 0.05},
             "metrics": {"val_top5": 0.5, "val_loss": float("nan")}}
 
 
@@ -66,7 +66,7 @@ def test_round_trip_gives_identical_outputs(saved):
     with torch.no_grad():
         clip, mse = model(x[:2], torch.tensor([1, 1]))
     np.testing.assert_array_equal(emb, clip.numpy())
-    expected = 1 / (1 + np.exp(-(mse.numpy().astype(np.float64) @ np.full(DIM, 0.5) - 1.0)))
+    expected = 1 / (1 + np.exp(-(window_stats(x[:2].numpy()) @ np.full(3 * N_CHANS, 0.5) - 1.0)))
     np.testing.assert_allclose(conf, expected, rtol=1e-5)
     with pytest.raises(InputError, match="training subject"):
         ckpt.encode(x[:1], subject="07")
@@ -134,10 +134,11 @@ def test_unknown_format_version(saved):
 
 def test_weights_not_matching_the_config(saved, tmp_path):
     path, _ = saved
-    other = save_checkpoint(tmp_path / "wide", _encoder(hidden=12), _meta(_encoder().config.positions))
+    wide = _encoder(hidden=12)
+    other = save_checkpoint(tmp_path / "wide", wide, _meta(wide.config.positions))
     shutil.copy(other / WEIGHTS_FILE, path / WEIGHTS_FILE)
-    with pytest.raises(InputError, match=r"tensor blocks\.0\.convs\.0\.weight of shape \(8, 8, 3\).*"
-                                         r"shape \(12, 8, 3\)"):
+    with pytest.raises(InputError, match=r"tensor blocks\.0\.convs\.0\.weight of shape "
+                                         r"\(8, 8, 3\).*shape \(12, 8, 3\)"):
         load_checkpoint(path)
 
 
@@ -152,3 +153,17 @@ def test_check_compatible_names_missing_channels(saved):
     assert [(["X"] + NAMES[::-1])[i] for i in picks] == NAMES
     with pytest.raises(InputError, match="Nyquist"):
         check_compatible(ckpt, NAMES, 60.0)  # too slow for the 40 Hz low-pass
+
+
+def test_window_stats_and_a_bad_confidence(saved):
+    path, _ = saved
+    x = np.zeros((2, N_CHANS, N_TIMES))
+    x[1, 0] = np.linspace(-1, 1, N_TIMES)  # a rising channel
+    f = window_stats(x)
+    assert f.shape == (2, 3 * N_CHANS)
+    assert f[1, 2 * N_CHANS] > 1 and f[1, 0] > f[0, 0]  # rise and log variance of channel 0
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["confidence"]["weight"] = [0.5] * DIM  # from another head
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(InputError, match="18 weights"):
+        load_checkpoint(path)

@@ -81,14 +81,12 @@ def test_windows_land_relative_to_onset(session, small_meg_session):
     resp = np.mean([clean.response(rel[table.image[t]])[rows] for t in trials], axis=0)
     step = int(round(clean.sfreq / 120))
     model_rms = np.sqrt((resp[:, ::step] ** 2).mean(0))[:120]
-    scale = np.asarray(session.preprocess.scale)[post][:, None]
     data_rms = np.sqrt((ep.x[:, post].mean(0) ** 2).mean(0))  # in scaled units
     start = int(round(-EPOCH_SPAN[0] * 120))  # sample of the onset in the epoch
     lags = range(0, 20)
     corr = [np.corrcoef(data_rms[start + lag:start + lag + 60], model_rms[:60])[0, 1]
             for lag in lags]
     lag_s = lags[int(np.argmax(corr))] / 120
-    assert scale.shape[0] == len(post)
     # FIR delay (61 ms) + band-pass delay (~5 ms), within one output sample.
     assert abs(lag_s - session.group_delay) <= 0.02, (lag_s, session.group_delay, corr)
     assert max(corr) > 0.8
@@ -114,7 +112,8 @@ def test_sampler_windows_stay_in_their_ranges(session):
     tol = 1 / 120 + 1e-6
     stim, nothing = a.is_stimulus, ~a.is_stimulus
     assert stim.sum() == len(splits.train) and nothing.any()
-    assert np.all((a.offset_s[stim] >= STIM_OFFSETS[0] - 1e-6) & (a.offset_s[stim] <= STIM_OFFSETS[1] + 1e-6))
+    assert np.all((a.offset_s[stim] >= STIM_OFFSETS[0] - 1e-6)
+                  & (a.offset_s[stim] <= STIM_OFFSETS[1] + 1e-6))
     assert np.all((a.offset_s[nothing] >= NOTHING_OFFSETS[0] - tol)
                   & (a.offset_s[nothing] <= NOTHING_OFFSETS[1] + 1e-6))
     table = session.trials
