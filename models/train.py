@@ -214,7 +214,9 @@ def retrieval_topk(pred: np.ndarray, gallery: np.ndarray, truth: np.ndarray,
     g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
     sims = p @ g.T
     true = sims[np.arange(len(truth)), truth]
-    rank = (sims > true[:, None]).sum(axis=1)  # 0 = best; ties count in the query's favour
+    # 0 = best. Ties count against the query: a collapsed model (constant output)
+    # must score 0 here, not 100 %, or early stopping would keep it.
+    rank = (sims >= true[:, None]).sum(axis=1) - 1
     return {k: rank < k for k in ks}
 
 
