@@ -10,7 +10,7 @@ ceiling and training time (wall time of ``train()``: fitting, validation,
 calibration, figures). Per session, ``linear_task_ceiling`` tells how predictable
 unseen concepts are at all from noise-free responses (see that function).
 
-Usage: ``python bench/accuracy.py [--quick] [--cache DIR] [--models a,b] [-v]``.
+Usage: ``python bench/accuracy.py [--quick] [--cache DIR] [--models a,b] [--snr-db X] [-v]``.
 ``--quick`` is a smoke test (tiny sessions, 2 epochs): its figures mean nothing.
 """
 
@@ -35,23 +35,18 @@ from streaming.simulate import SimulationConfig, simulate_session
 REPO = Path(__file__).resolve().parents[1]
 
 MODELS = ("brain_encoder", "ridge", "shallow_fbcsp", "eegnet")
-#: Per-model TrainConfig.model_options. ShallowFBCSPNet's defaults need >= 99 samples
-#: (825 ms at 120 Hz), longer than the 250 ms live window: its published time
-#: constants (at 250 Hz: 25-sample filters = 100 ms, 75-sample pools = 300 ms, stride
-#: 15 = 60 ms) are rescaled to 120 Hz and the pool capped at 100 ms to fit 30 samples.
-#: EEGNet builds at 30 samples with its defaults.
-MODEL_OPTIONS = {"shallow_fbcsp": {"model_kwargs": {"filter_time_length": 12,
-                                                    "pool_time_length": 12,
-                                                    "pool_time_stride": 6}}}
 # The tests' session size: seconds to simulate, enough trials for every model to run.
 QUICK_SIZES = {"subjects": 1, "concepts": 8, "exemplars": 2, "test_concepts": 4,
                "test_exemplars": 2, "image_size": 48}
 
 
-def session(modality: str, cache: Path, quick: bool) -> tuple[Path, dict, float]:
+def session(modality: str, cache: Path, quick: bool, snr_db: float | None = None
+            ) -> tuple[Path, dict, float]:
     """The cached simulated session (re-simulated when its config differs): (root, config, s)."""
-    config = SimulationConfig(modality=modality, **(QUICK_SIZES if quick else {}))
-    root = cache / f"{modality}-{'quick' if quick else 'default'}"
+    extra = {} if snr_db is None else {"snr_db": snr_db}
+    config = SimulationConfig(modality=modality, **(QUICK_SIZES if quick else {}), **extra)
+    root = cache / (f"{modality}-{'quick' if quick else 'default'}"
+                    + ("" if snr_db is None else f"-snr{snr_db:g}"))
     record = root / "simulation.json"
     if record.is_file():
         try:
@@ -111,11 +106,11 @@ def linear_task_ceiling(checkpoint_dir: Path, data, cache: Path) -> dict:
             "how": linear_task_ceiling.__doc__.split("\n\n")[0]}
 
 
-def run_one(data, modality: str, model: str, cache: Path, quick: bool) -> dict:
-    out = cache / "runs" / f"{modality}-{'quick' if quick else 'default'}" / model
+def run_one(data, modality: str, model: str, cache: Path, quick: bool, tag: str) -> dict:
+    out = cache / "runs" / tag / model
     options = {"model": model, "num_threads": torch.get_num_threads(),
                "cache_dir": str(cache / "embeddings"),
-               "model_options": MODEL_OPTIONS.get(model, {})}
+               "model_options": {}}
     if quick:
         options.update(epochs=2, patience=2, ridge_draws=1)
     config = TrainConfig(**options)
@@ -159,6 +154,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated models to train (default: {','.join(MODELS)})")
     parser.add_argument("--modalities", default="meg,eeg", help="comma-separated (default: meg,eeg)")
+    parser.add_argument("--snr-db", type=float, default=None,
+                        help="simulate at this single-trial SNR instead of the default")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -168,7 +165,7 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows, sessions = [], {}
     for modality in [m.strip() for m in args.modalities.split(",") if m.strip()]:
-        root, sim_config, sim_s = session(modality, cache, args.quick)
+        root, sim_config, sim_s = session(modality, cache, args.quick, args.snr_db)
         t = time.perf_counter()
         data = load_session(root, progress=False)
         sessions[modality] = {"root": str(root), "simulate_s": round(sim_s, 1),
@@ -176,7 +173,7 @@ def main() -> None:
                               "snr_db": sim_config["snr_db"]}
         for model in models:
             logging.getLogger("glimpse.bench").info("%s: training %s", modality, model)
-            rows.append(run_one(data, modality, model, cache, args.quick))
+            rows.append(run_one(data, modality, model, cache, args.quick, root.name))
         if models:
             t = time.perf_counter()
             sessions[modality]["linear_task_ceiling"] = linear_task_ceiling(
@@ -185,7 +182,7 @@ def main() -> None:
         del data
     print(json.dumps({
         "bench": "accuracy", "quick": args.quick,
-        "command": "python bench/accuracy.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python", "bench/accuracy.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "sessions": sessions, "results": rows,

@@ -229,6 +229,8 @@ class BraindecodeEncoderConfig:
                 raise InputError(f"{name} a positive integer", f"{name}={value!r}", f"set {name} to at least 1")
         if not self.sfreq > 0:
             raise InputError("sfreq a positive number of Hz", f"sfreq={self.sfreq!r}", "pass the windows' rate")
+        if self.arch == "shallow_fbcsp":
+            self.model_kwargs = {**_shallow_time_constants(self.sfreq, self.n_times), **self.model_kwargs}
         if self.ch_names is not None:
             self.ch_names = [str(n) for n in self.ch_names]
             if len(self.ch_names) != self.n_chans:
@@ -241,6 +243,21 @@ class BraindecodeEncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BraindecodeEncoderConfig:
         return _dataclass_from_dict(cls, data)
+
+
+def _shallow_time_constants(sfreq: float, n_times: int) -> dict[str, int]:
+    """ShallowFBCSPNet's published time constants, rescaled to ``sfreq`` and fitted to the window.
+
+    Its defaults are counted in samples at 250 Hz (25-sample filters = 100 ms,
+    75-sample pools = 300 ms, stride 15 = 60 ms) and need >= 99 samples, longer than
+    the 250 ms live window; here the same durations at ``sfreq``, with the pool
+    capped so that at least two pooling steps fit.
+    """
+    filt = max(2, round(0.100 * sfreq))
+    stride = max(1, round(0.060 * sfreq))
+    room = n_times - filt + 1 - stride
+    pool = max(1, min(round(0.300 * sfreq), room))
+    return {"filter_time_length": filt, "pool_time_length": pool, "pool_time_stride": stride}
 
 
 def _build_braindecode(config: BraindecodeEncoderConfig, n_times: int, n_outputs: int) -> nn.Module:

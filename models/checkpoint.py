@@ -53,7 +53,7 @@ from streaming.preprocess import PreprocessConfig
 logger = logging.getLogger("glimpse.models.checkpoint")
 
 __all__ = ["CONFIG_FILE", "FORMAT", "VERSION", "WEIGHTS_FILE", "WINDOW_STATS", "Checkpoint",
-           "check_compatible", "load_checkpoint", "read_safetensors", "save_checkpoint",
+           "channel_index", "check_compatible", "json_ready", "load_checkpoint", "read_safetensors", "save_checkpoint",
            "window_stats"]
 
 FORMAT = "glimpse-checkpoint"
@@ -222,7 +222,7 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, meta: Mapping[str,
         "training": meta.get("training", {}),
         "metrics": meta.get("metrics", {}),
     }
-    text = json.dumps(_plain(config), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_ready(config), indent=2, allow_nan=False) + "\n"
     tmp_weights, tmp_config = directory / f".{WEIGHTS_FILE}.tmp", directory / f".{CONFIG_FILE}.tmp"
     save_file(tensors, str(tmp_weights), metadata={"format": "pt", "model": name})
     tmp_config.write_text(text, encoding="utf-8")
@@ -253,14 +253,14 @@ def _model_parts(model: Any) -> tuple[str, dict[str, Any], dict[str, torch.Tenso
     return name, model.get_config(), tensors
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready: numpy scalars and arrays to Python, non-finite floats to None."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (np.bool_, bool)):
@@ -438,12 +438,10 @@ def _check_tensors(expected: dict[str, tuple], tensors: dict[str, torch.Tensor],
 # --------------------------------------------------------------------------- compatibility
 
 
-def check_compatible(checkpoint: Checkpoint, ch_names: Sequence[str], sfreq: float) -> list[int]:
-    """Indices into ``ch_names`` of the checkpoint's channels, or an InputError saying why not.
-
-    ``sfreq`` is the recording's or stream's own rate: the checkpoint's preprocessing
-    resamples it, so any rate high enough for its filters will do.
-    """
+def channel_index(checkpoint: Checkpoint, ch_names: Sequence[str], *,
+                  fix: str = "stream or record the same montage, or retrain on the channels "
+                             "you have") -> list[int]:
+    """Indices into ``ch_names`` of the checkpoint's channels, in its order; names the missing."""
     where = {n: i for i, n in enumerate(ch_names)}
     need = checkpoint.ch_names
     missing = [n for n in need if n not in where]
@@ -452,7 +450,16 @@ def check_compatible(checkpoint: Checkpoint, ch_names: Sequence[str], sfreq: flo
                                            if len(missing) > 10 else "")
         raise InputError(f"the {len(need)} channels the checkpoint was trained on",
                          f"data has {len(need) - len(missing)} of the {len(need)} channels the "
-                         f"checkpoint needs; missing: {shown}",
-                         "stream or record the same montage, or retrain on the channels you have")
-    checkpoint.preprocess.validate(sfreq_in=float(sfreq))
+                         f"checkpoint needs; missing: {shown}", fix)
     return [where[n] for n in need]
+
+
+def check_compatible(checkpoint: Checkpoint, ch_names: Sequence[str], sfreq: float) -> list[int]:
+    """:func:`channel_index` for RAW data at ``sfreq``, whose rate the preprocessing must accept.
+
+    ``sfreq`` is the recording's or stream's own rate: the checkpoint's preprocessing
+    resamples it, so any rate high enough for its filters will do.
+    """
+    index = channel_index(checkpoint, ch_names)
+    checkpoint.preprocess.validate(sfreq_in=float(sfreq))
+    return index

@@ -61,6 +61,7 @@ import numpy as np
 from streaming.errors import InputError
 from streaming.preprocess import OnlinePreprocessor
 
+from .checkpoint import channel_index, json_ready
 from .data import SessionData, cut_windows, fixed_windows, image_targets, load_session, window_ends
 
 logger = logging.getLogger("glimpse.models.evaluate")
@@ -132,17 +133,22 @@ def _greater_and_ties(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray
     return greater, ties
 
 
-def topk_accuracy(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Share of queries whose true candidate is in the top ``k`` (expected under random tie-breaking).
+def per_query_topk(scores: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """Per query, the probability that its true candidate is in the top ``k``.
 
     With ``g`` candidates above the true one and ``t`` tying with it, the true one's
-    rank is uniform in ``g..g+t``, so it is in the top k with probability
-    ``clip((k - g) / (t + 1), 0, 1)``: a constant prediction scores k / M, not 1.
+    rank is uniform in ``g..g+t`` under random tie-breaking, so it is in the top k
+    with probability ``clip((k - g) / (t + 1), 0, 1)``: a constant prediction scores
+    k / M, not 1.
     """
     g, t = _greater_and_ties(scores, truth)
-    if not len(g):
-        return float("nan")
-    return float(np.clip((k - g) / (t + 1), 0.0, 1.0).mean())
+    return np.clip((k - g) / (t + 1), 0.0, 1.0)
+
+
+def topk_accuracy(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Share of queries whose true candidate is in the top ``k`` (see :func:`per_query_topk`)."""
+    hit = per_query_topk(scores, truth, k)
+    return float(hit.mean()) if len(hit) else float("nan")
 
 
 def relative_ranks(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -313,24 +319,14 @@ class _Adapter:
 
 
 def _channel_index(ckpt, data: SessionData) -> list[int]:
-    """Indices into the data's channels of the checkpoint's, in its order; names the missing.
+    """:func:`channel_index` on preprocessed data.
 
-    Not ``checkpoint.check_compatible``: that one also validates the preprocessing
-    against the RAW input rate, which preprocessed data no longer has (a 60 Hz notch
-    would fail against the 120 Hz output rate). Same message otherwise.
+    Not ``check_compatible``: that one also validates the preprocessing against the
+    RAW input rate, which preprocessed data no longer has (a 60 Hz notch would fail
+    against the 120 Hz output rate).
     """
-    where = {n: i for i, n in enumerate(data.ch_names)}
-    need = ckpt.ch_names
-    missing = [n for n in need if n not in where]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f", and {len(missing) - 10} more"
-                                           if len(missing) > 10 else "")
-        raise InputError(f"the {len(need)} channels the checkpoint was trained on",
-                         f"data has {len(need) - len(missing)} of the {len(need)} channels the "
-                         f"checkpoint needs; missing: {shown}",
-                         "evaluate on recordings of the same montage, or retrain on the "
-                         "channels you have")
-    return [where[n] for n in need]
+    return channel_index(ckpt, data.ch_names, fix="evaluate on recordings of the same montage, "
+                                                  "or retrain on the channels you have")
 
 
 def _encode(ckpt, x: np.ndarray, subject: np.ndarray) -> np.ndarray:
@@ -625,7 +621,7 @@ def evaluate(checkpoint: Any, data: SessionData | str | os.PathLike, *,
                    "cand_rows": cand_rows, "images": data.images}
         write_report(metrics, out_dir, examples=example, n_examples=n_examples)
     logger.info("%s", format_report(metrics).splitlines()[0])
-    return _plain(metrics)
+    return json_ready(metrics)
 
 
 def _curve(ckpt, data, adapter, test, column, candidates, window_s, offsets, progress
@@ -760,32 +756,13 @@ def _ceiling(ckpt, data: SessionData, test: np.ndarray, cand_rows: np.ndarray,
 # --------------------------------------------------------------------------- report
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}%"
 
 
 def format_report(metrics: dict[str, Any]) -> str:
     """A short human-readable summary of :func:`evaluate`'s metrics (what the CLI prints)."""
-    m = _plain(metrics)
+    m = json_ready(metrics)
     w, t = m["window"], m["test"]
     lines = [
         f"{m['checkpoint']['model']} on {t['n_trials']} test trials of {t['n_images']} unseen "
@@ -847,7 +824,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, *,
     if out.exists() and not out.is_dir():
         raise InputError("a folder for the report", f"{out}, a file", "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    plain = _plain(metrics)
+    plain = json_ready(metrics)
     (out / "metrics.json").write_text(json.dumps(plain, indent=1, allow_nan=False) + "\n",
                                       encoding="utf-8")
     (out / "summary.txt").write_text(format_report(plain) + "\n", encoding="utf-8")

@@ -73,12 +73,13 @@ from streaming.errors import InputError
 
 from .data import (EVAL_OFFSETS, NOTHING_OFFSETS, STIM_OFFSETS, SessionData, Splits, WindowSampler,
                    WindowSet, fixed_windows, image_targets, split_trials)
+from .evaluate import cosine_scores, per_query_topk
 from .losses import LOSSES, DecodingLoss
 
 logger = logging.getLogger("glimpse.models.train")
 
 __all__ = ["MODEL_NAMES", "TrainConfig", "TrainResult", "calibration_offsets", "platt_fit",
-           "expected_calibration_error", "retrieval_topk", "train"]
+           "expected_calibration_error", "train"]
 
 #: Models :func:`train` builds; "ridge" is closed-form, the others are trained by SGD.
 MODEL_NAMES = ("brain_encoder", "shallow_fbcsp", "eegnet", "ridge")
@@ -205,19 +206,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- small pieces
-
-
-def retrieval_topk(pred: np.ndarray, gallery: np.ndarray, truth: np.ndarray,
-                   ks: Sequence[int] = (1, 5)) -> dict[int, np.ndarray]:
-    """Per query, whether its true gallery row is among the top-k by cosine: {k: bool (N,)}."""
-    p = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-    sims = p @ g.T
-    true = sims[np.arange(len(truth)), truth]
-    # 0 = best. Ties count against the query: a collapsed model (constant output)
-    # must score 0 here, not 100 %, or early stopping would keep it.
-    rank = (sims >= true[:, None]).sum(axis=1) - 1
-    return {k: rank < k for k in ks}
 
 
 def platt_fit(score: np.ndarray, label: np.ndarray, *, iters: int = 100) -> tuple[float, float]:
@@ -465,10 +453,13 @@ def _validate(model, windows: WindowSet | None, targets: np.ndarray, val_images:
     pred = clip_out if retrieval_head == "clip" else mse_out
     row = {int(r): i for i, r in enumerate(val_images)}
     truth = np.array([row[int(t)] for t in windows.target])
-    hits = retrieval_topk(pred, targets[val_images], truth)
-    out = {"top1": float(hits[1].mean()), "top5": float(hits[5].mean()),
+    scores = cosine_scores(pred, targets[val_images])
+    # Expected top-k under random tie-breaking: a collapsed (constant) model scores
+    # chance, so early stopping never prefers it to one that learned anything.
+    top5 = per_query_topk(scores, truth, 5)
+    out = {"top1": float(per_query_topk(scores, truth, 1).mean()), "top5": float(top5.mean()),
            "chance_top5": min(5, len(val_images)) / len(val_images),
-           "top5_by_offset": _by_offset(hits[5], windows.offset_s, offsets)}
+           "top5_by_offset": _by_offset(top5, windows.offset_s, offsets)}
     if loss_fn is not None:
         with torch.no_grad():
             loss, _ = loss_fn(torch.from_numpy(clip_out), torch.from_numpy(mse_out),

@@ -1,18 +1,21 @@
 """``glimpse demo``: the main job on the embedded default, with no data and no weights.
 
-Today the offline half: simulate the default MEG session (once), read it back the
-way a user's BIDS dataset is read, run the shared preprocessing over every subject
-and summarise what a decoder will be trained on. Later issues extend it with
-training, evaluation and the live viewer.
+Simulate the default MEG session (once), read it back the way a user's BIDS
+dataset is read, run the shared preprocessing over every subject, then train the
+default brain encoder on it, evaluate it on the unseen test concepts and build the
+gallery of test images that live decoding retrieves from. Each step's output is
+reused on the next run (``--fresh`` redoes everything).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from streaming.errors import InputError
 from streaming.preprocess import PreprocessConfig, fit_scaler, preprocess_raw
@@ -20,6 +23,8 @@ from streaming.recordings import open_recording
 from streaming.simulate import SimulationConfig, simulate_session
 
 logger = logging.getLogger("glimpse.service.demo")
+
+MODEL_DIR, REPORT_DIR, GALLERY_DIR = "model", "report", "gallery"
 
 
 def ensure_session(out: Path, config: SimulationConfig, *, fresh: bool = False) -> Path:
@@ -46,10 +51,18 @@ def ensure_session(out: Path, config: SimulationConfig, *, fresh: bool = False) 
     return out
 
 
-def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None = None) -> str:
-    """Run the demo and return its summary as text."""
+def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None = None,
+             train_config: Any = None, model: bool = True) -> str:
+    """Run the demo and return its summary as text.
+
+    ``model``: also train, evaluate and build the gallery (``train_config``: a
+    ``models.train.TrainConfig``, default its defaults).
+    """
     config = config or SimulationConfig()
     start = time.perf_counter()
+    if fresh and (out / "simulation.json").is_file():
+        for sub in (MODEL_DIR, REPORT_DIR, GALLERY_DIR):
+            shutil.rmtree(out / sub, ignore_errors=True)
     ensure_session(out, config, fresh=fresh)
     lines = [f"glimpse demo: simulated {config.modality.upper()} session in {out}/"]
     preprocess = PreprocessConfig(picks=("mag",) if config.modality == "meg" else ("eeg",))
@@ -69,8 +82,52 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
         ]
         if concepts["train"] & concepts["test"]:
             raise RuntimeError("simulated test concepts leaked into training")  # a simulator bug
-    lines += [
-        f"  evoked figure: {out / 'figures' / 'evoked.png'}",
-        f"  done in {time.perf_counter() - start:.1f} s. Next: `glimpse info {out} --subject 01`.",
-    ]
+    lines.append(f"  evoked figure: {out / 'figures' / 'evoked.png'}")
+    if model:
+        lines += _model_lines(out, train_config)
+    lines.append(f"  done in {time.perf_counter() - start:.1f} s. Next: `glimpse info {out} "
+                 f"--subject 01`" + (f", `glimpse evaluate {out / MODEL_DIR} {out}`." if model else "."))
     return "\n".join(lines)
+
+
+def _model_lines(out: Path, train_config: Any) -> list[str]:
+    """Train (once), evaluate (once) and build the test gallery (once); summary lines."""
+    from models.data import load_session
+    from models.embedders import load_embedder
+    from models.evaluate import evaluate, write_report
+    from models.gallery import Gallery, build_gallery, gallery_files
+    from models.train import TrainConfig, train
+
+    ckpt_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR
+    config = train_config or TrainConfig()
+    lines = []
+    data = None
+    if not (ckpt_dir / "config.json").is_file():
+        data = load_session(out)
+        t = time.perf_counter()
+        result = train(data, config, ckpt_dir)
+        lines.append(f"  trained {config.model} in {time.perf_counter() - t:.0f} s -> {ckpt_dir}/ "
+                     f"(validation top-5 {result.metrics.get('val_top5', float('nan')):.3f} "
+                     f"on held-out training concepts)")
+    else:
+        logger.info("reusing the trained model in %s (pass --fresh to retrain)", ckpt_dir)
+        lines.append(f"  model: {ckpt_dir}/ (reused)")
+    metrics_file = report_dir / "metrics.json"
+    if not metrics_file.is_file():
+        metrics = evaluate(ckpt_dir, data if data is not None else out, cache_dir=config.cache_dir,
+                           progress=True)
+        write_report(metrics, report_dir)
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    single, avg = metrics["single_trial"], metrics["averaged"]
+    lines.append(
+        f"  unseen test concepts, {metrics['test']['n_images']} images: top-5 single-trial "
+        f"{single['top5']:.3f}, repeat-averaged {avg['top5']:.3f} (chance {single['chance_top5']:.3f})"
+        f" -> {report_dir}/")
+    gallery_path = out / GALLERY_DIR / "test.safetensors"
+    if not gallery_files(gallery_path)[0].is_file():
+        images = sorted((out / "stimuli" / "test").rglob("*.png"))
+        # Ids relative to the dataset root, as events.tsv and the live markers name them.
+        build_gallery(images, load_embedder(config.embedder), root=out,
+                      cache_dir=config.cache_dir).save(gallery_path)
+    lines.append(f"  gallery of the {len(Gallery.load(gallery_path))} test images: {gallery_path}")
+    return lines

@@ -39,3 +39,14 @@ def small_meg_session(tmp_path_factory):
                               test_concepts=4, test_exemplars=2, test_repeats=6, image_size=48)
     root = tmp_path_factory.mktemp("meg") / "sim"
     return root, config, simulate_session(config, root, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: on a shared 2-core runner, OpenMP spin-waits cost more than a second thread saves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

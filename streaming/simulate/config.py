@@ -36,9 +36,9 @@ class SimulationConfig:
     subjects: int = 2
     concepts: int = 28
     exemplars: int = 10
-    test_concepts: int = 8
-    test_exemplars: int = 2
-    test_repeats: int = 6
+    test_concepts: int = 12
+    test_exemplars: int = 4
+    test_repeats: int = 4
     catch_fraction: float = 0.03
     snr_db: float = -10.0
     sfreq: float | None = None
@@ -100,9 +100,9 @@ class SimulationConfig:
         need(is_int("subjects") and 1 <= self.subjects <= 99, "subjects", ">= 1 and <= 99", "pass e.g. --subjects 2")
         need(is_int("concepts") and self.concepts >= 2, "concepts", ">= 2 (a decoder needs two classes)", "pass e.g. --concepts 28")
         need(is_int("exemplars") and self.exemplars >= 1, "exemplars", ">= 1", "pass e.g. --exemplars 10")
-        need(is_int("test_concepts") and self.test_concepts >= 1, "test_concepts", ">= 1", "pass e.g. --test-concepts 8")
-        need(is_int("test_exemplars") and self.test_exemplars >= 1, "test_exemplars", ">= 1", "pass e.g. --test-exemplars 2")
-        need(is_int("test_repeats") and self.test_repeats >= 1, "test_repeats", ">= 1", "pass e.g. --test-repeats 6")
+        need(is_int("test_concepts") and self.test_concepts >= 1, "test_concepts", ">= 1", "pass e.g. --test-concepts 12")
+        need(is_int("test_exemplars") and self.test_exemplars >= 1, "test_exemplars", ">= 1", "pass e.g. --test-exemplars 4")
+        need(is_int("test_repeats") and self.test_repeats >= 1, "test_repeats", ">= 1", "pass e.g. --test-repeats 4")
         need(
             self.concepts + self.test_concepts <= n_available,
             "concepts",

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import mne
 import numpy as np
+from PIL import Image
 
-from .stimuli import CATCH_CONCEPT, FAMILIES, TEXTURES, VARIANTS, Stimulus, concept_name
+from .stimuli import CATCH_CONCEPT, FAMILIES, TEXTURES, VARIANTS, Stimulus, concept_name, figure_mask
 
 logger = logging.getLogger("glimpse.streaming.simulate")
 
@@ -37,6 +38,31 @@ WIDTHS = {"early": 0.015, "late_1": 0.025, "late_2": 0.050, "offset": 0.020}
 #: Peak dipole moments (A m) of each component; chosen so that evoked fields reach
 #: ~0.1-0.5 pT (MEG) and a few uV (EEG) at posterior sensors, as in real recordings.
 MOMENTS = {"early": 15e-9, "late_1": 12e-9, "late_2": 10e-9, "offset": 8e-9}
+SHAPE_GRID = 10  # silhouette grid of the shape code
+N_SHAPE_FEATURES = SHAPE_GRID * SHAPE_GRID + 8
+
+
+def shape_features(stim: Stimulus) -> np.ndarray:
+    """Unit-norm shape code that drives the late (ventral-stream) components.
+
+    Position- and size-invariant, as inferotemporal shape selectivity is: the
+    figure's silhouette cropped to its bounding box on a coarse grid, and the
+    histogram of its edge orientations. Encoding models predict late visual MEG
+    responses from such image features (and from CLIP's), which is what lets a
+    decoder generalise to concepts it never saw.
+    """
+    mask = figure_mask(stim, 32)
+    box = mask.getbbox() or (0, 0, mask.width, mask.height)
+    sil = np.asarray(mask.crop(box).resize((SHAPE_GRID, SHAPE_GRID), Image.BILINEAR), np.float64) / 255
+    m = np.asarray(mask, np.float64) / 255
+    gy, gx = np.gradient(m)
+    mag, ang = np.hypot(gx, gy), np.mod(np.arctan2(gy, gx), np.pi)
+    hist = np.bincount(np.minimum((ang / np.pi * 8).astype(int), 7).ravel(), mag.ravel(), 8)
+    hist = hist / (hist.sum() + 1e-9)
+    f = np.r_[sil.ravel() - sil.mean(), 4 * (hist - 1 / 8)]
+    return f / (np.linalg.norm(f) + 1e-9)
+
+
 _TEXTURE_GAIN = {"plain": 1.0, "stripes": 1.35, "dots": 1.2}  # more edges, more V1 drive
 
 
@@ -204,17 +230,19 @@ def _shared_patterns(seed: int, n_occ: int, n_ot: int) -> dict[str, np.ndarray]:
         pats[f"{comp}_variant"] = rng.standard_normal((n_var, n_ot))
         pats[f"{comp}_concept"] = rng.standard_normal((n_con, n_ot))
         pats[f"{comp}_texture"] = rng.standard_normal((len(TEXTURES), n_ot))
+        pats[f"{comp}_shape"] = rng.standard_normal((N_SHAPE_FEATURES, n_ot))
     pats["colour"] = rng.standard_normal((2, n_occ))
     pats["occ_base"] = rng.uniform(0.5, 1.5, n_occ)
     pats["rf_jitter"] = 0.1 * rng.standard_normal((n_occ, 2))
     return pats
 
 
-#: Mixture weights of the late components: shape family and variant dominate, so
-#: unseen test concepts (new family x variant pairs) are predictable from training.
+#: Mixture weights of the late components. The image-computable shape code dominates,
+#: so unseen test concepts (new family x variant pairs) are predictable from training;
+#: family, variant and concept codes add category content that pixels do not carry.
 _LATE_MIX = {
-    "late_1": {"base": 1.0, "family": 0.9, "variant": 0.6, "concept": 0.35, "texture": 0.2},
-    "late_2": {"base": 0.6, "family": 0.6, "variant": 0.8, "concept": 0.5, "texture": 0.3},
+    "late_1": {"base": 1.0, "shape": 2.5, "family": 0.5, "variant": 0.3, "concept": 0.2, "texture": 0.2},
+    "late_2": {"base": 0.6, "shape": 2.5, "family": 0.3, "variant": 0.4, "concept": 0.25, "texture": 0.3},
 }
 
 
@@ -243,7 +271,8 @@ def build_response_model(
     early (~100 ms) and offset: occipital dipoles with retinotopic receptive fields,
     driven by where the shapes are, their size, luminance contrast, texture and
     colour. late_1 / late_2 (~170 / ~280 ms): occipito-temporal dipoles driven by
-    shape family, variant, concept and texture. Subjects share the patterns; each
+    the shape code (:func:`shape_features`), shape family, variant, concept and
+    texture. Subjects share the patterns; each
     gets its own dipole orientations, gains and small latency shifts.
     """
     occ, ot = groups["occipital"], groups["occipitotemporal"]
@@ -283,14 +312,16 @@ def build_response_model(
         w["offset"][row] = drive
         f, v, c = _concept_index(stim)
         t = TEXTURES.index(stim.texture)
+        shape = shape_features(stim)
         for comp, mix in _LATE_MIX.items():
             w[comp][row] = (
                 mix["base"] * shared[f"{comp}_base"]
+                + mix["shape"] * shape @ shared[f"{comp}_shape"]
                 + mix["family"] * shared[f"{comp}_family"][f]
                 + mix["variant"] * shared[f"{comp}_variant"][v]
                 + mix["concept"] * shared[f"{comp}_concept"][c]
                 + mix["texture"] * shared[f"{comp}_texture"][t]
-            ) / 1.6
+            ) / 2.9
     idx = {"early": occ, "offset": occ, "late_1": ot, "late_2": ot}
     topographies = np.stack([MOMENTS[c] * w[c] @ fixed[:, idx[c]].T for c in COMPONENTS], axis=-1)
 

@@ -215,8 +215,8 @@ def _outline(family: str) -> tuple[np.ndarray, list[np.ndarray]]:
     raise ValueError(f"unknown family {family!r}")
 
 
-def draw_stimulus(stim: Stimulus, size: int) -> Image.Image:
-    """Render one stimulus as an RGB image of ``size`` x ``size`` pixels."""
+def figure_mask(stim: Stimulus, size: int) -> Image.Image:
+    """The figure's coverage (mode "L", 255 = shape) at ``size * _SUPERSAMPLE`` pixels."""
     big = size * _SUPERSAMPLE
     mask = Image.new("L", (big, big), 0)
     if stim.family == CATCH_CONCEPT:
@@ -241,6 +241,13 @@ def draw_stimulus(stim: Stimulus, size: int) -> Image.Image:
                 pix = np.c_[(pts[:, 0] + 1) / 2 * big, (1 - pts[:, 1]) / 2 * big]
                 draw.polygon([tuple(p) for p in pix.tolist()], fill=fill)
             mask.paste(255, (0, 0), item)
+    return mask
+
+
+def draw_stimulus(stim: Stimulus, size: int) -> Image.Image:
+    """Render one stimulus as an RGB image of ``size`` x ``size`` pixels."""
+    big = size * _SUPERSAMPLE
+    mask = figure_mask(stim, size)
     fg = np.empty((big, big, 3), np.uint8)
     fg[:] = stim.fg_rgb
     if stim.texture != "plain":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import pytest
 
@@ -14,11 +16,34 @@ from streaming.errors import InputError
 @pytest.mark.timeout(120)  # simulating the shared session (~5 s) plus preprocessing it
 def test_demo_summarises_the_session(small_meg_session):
     root, config, _ = small_meg_session
-    text = run_demo(root, config=config)
+    text = run_demo(root, config=config, model=False)
     # 8 concepts x 2 exemplars; 4 test concepts x 2 images x 6 repeats
     assert "16 train (8 concepts)" in text
     assert "48 test (4 unseen concepts)" in text
     assert "274 channels x" in text and "at 120 Hz" in text
+
+
+@pytest.mark.timeout(170)  # a tiny training run, evaluation and gallery on 2 cores
+def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tmp_path, one_thread):
+    from models.checkpoint import load_checkpoint
+    from models.gallery import Gallery
+    from models.train import TrainConfig
+
+    root, config, _ = small_meg_session
+    out = tmp_path / "demo"
+    shutil.copytree(root, out)  # the shared session stays as other tests expect it
+    tiny = TrainConfig(epochs=1, patience=1, hidden=16, spatial_channels=8, n_blocks=1,
+                       presence_draws=1, cache_dir=str(tmp_path / "cache"))
+    text = run_demo(out, config=config, train_config=tiny)
+    assert "trained brain_encoder" in text and "top-5 single-trial" in text
+    assert load_checkpoint(out / "model").model_name == "brain_encoder"
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["test"]["n_images"] == 8 and metrics["test"]["disjoint"]
+    gallery = Gallery.load(out / "gallery" / "test.safetensors")
+    # Ids as events.tsv names the stimuli, so live markers match gallery entries.
+    assert len(gallery) == 8 and all(i.startswith("stimuli/test/") for i in gallery.ids)
+    again = run_demo(out, config=config, train_config=tiny)
+    assert "(reused)" in again  # nothing retrained on the second run
 
 
 def test_demo_refuses_a_folder_with_another_session(small_meg_session):
