@@ -298,6 +298,85 @@ def export(
     typer.echo(json.dumps(report, indent=2))
 
 
+# --------------------------------------------------------------------------- replay
+
+
+@app.command()
+def replay(
+    recording: Annotated[Path, typer.Argument(help="What to stream: a recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set), a file inside a BIDS dataset (its events.tsv gives the markers), or a session folder recorded by `glimpse decode`.")],
+    name: Annotated[str, typer.Option(help="LSL stream name; the stimuli go to NAME-markers.")] = "glimpse-replay",
+    source_id: Annotated[Optional[str], typer.Option(help="LSL source id, by which inlets find a restarted replay again.  [default: derived from NAME and the file]")] = None,
+    speed: Annotated[float, typer.Option(help="Playback speed: 1 is real time, 10 ten times faster (the declared sfreq stays the recording's).")] = 1.0,
+    loop: Annotated[bool, typer.Option(help="Start again at the end, until Ctrl-C.")] = False,
+    chunk_ms: Annotated[float, typer.Option(help="Push a chunk every CHUNK_MS milliseconds of wall time.")] = 10.0,
+    index_channel: Annotated[bool, typer.Option(help="Append a SAMPLE_INDEX channel (type misc) counting samples, to check that none is dropped.")] = False,
+) -> None:
+    """Stream a recording over LSL as if it were live, with its stimuli as markers.
+
+    Channels keep their names, MNE types and SI units (V, T, T/m, declared in the
+    stream description); each trial goes out on NAME-markers as JSON
+    {"stim_file", "concept", "trial_type"} with the timestamp of its onset sample.
+    A discontinuous recording (CTF trials, FIF skips, EEGLAB boundaries) replays
+    with a timestamp jump where acquisition stopped. Ends at the end of the
+    recording (or on Ctrl-C) with a one-line summary.
+
+    Examples:
+
+      glimpse replay sim/sub-01/meg/sub-01_task-things_meg.fif --name meg
+
+      glimpse replay sessions/2024-05-01 --speed 10 --loop
+    """
+    from streaming.replay import format_summary, run_replay
+
+    stats = run_replay(recording, name=name, source_id=source_id, speed=speed, loop=loop,
+                       chunk_ms=chunk_ms, index_channel=index_channel)
+    typer.echo(format_summary(stats))
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+@app.command()
+def decode(
+    stream: Annotated[list[str], typer.Option("--stream", "-s", help="LSL stream name to decode (repeat for several; each one's NAME-markers is followed too).")],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `glimpse train`.")],
+    gallery: Annotated[Path, typer.Option(help="Gallery from `glimpse gallery build`, embedded like the checkpoint's targets.")],
+    record: Annotated[Optional[Path], typer.Option(help="Session folder that records samples, markers and frames.  [default: sessions/<date-time>]")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds, with a summary.  [default: until Ctrl-C]")] = None,
+    backend: Annotated[Backend, typer.Option(help="Run the brain encoder in torch, or in onnxruntime on --onnx.")] = Backend.torch,
+    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file from `glimpse export` (with --backend onnx).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda / cuda:N.")] = "cpu",
+    k: Annotated[int, typer.Option("-k", help="Images retrieved per window.")] = 5,
+    hop: Annotated[float, typer.Option(help="Seconds between windows.")] = 0.05,
+    allow_missing: Annotated[bool, typer.Option(help="Decode with checkpoint channels missing from the stream (masked in the spatial attention).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each stream to appear.")] = 10.0,
+) -> None:
+    """Decode live LSL streams in the terminal: a line per second, a summary at the end.
+
+    Each stream is matched to the checkpoint's channels by name, preprocessed with
+    the checkpoint's own preprocessing and cut into the checkpoint's window every
+    --hop seconds; the worker runs the brain encoder on the newest windows and
+    retrieves the top-k gallery images. Everything acquired and every decoded
+    frame is written to the session folder while it runs (`glimpse replay
+    FOLDER` replays it). The live line shows the decode rate, latency p50/p99
+    (from the LSL time of a window's last sample to its frame), dropped and
+    invalid windows, the newest top-1 and, with a markers stream, the true
+    stimulus and the top-k hit rate against chance.
+
+    Example, with `glimpse demo` done and `glimpse replay
+    glimpse-demo/sub-01/meg/sub-01_task-things_meg.fif --name meg` running:
+
+      glimpse decode --stream meg --checkpoint glimpse-demo/model --gallery glimpse-demo/gallery/test --duration 60
+    """
+    from service.decode import run_decode
+
+    run_decode(stream, checkpoint, gallery, record=record, duration=duration,
+               backend=backend.value, onnx=onnx, device=device, k=k, hop=hop,
+               allow_missing=allow_missing, resolve_timeout=timeout, echo=typer.echo)
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -310,7 +389,10 @@ def demo(
 
     Simulates the default MEG session (once; later runs reuse it), reads it back
     as a user's BIDS dataset would be read, runs the preprocessing that training
-    and live decoding share, and prints a summary.
+    and live decoding share, trains the default brain encoder (a few minutes on
+    2 cores, first run only), evaluates it on the unseen test concepts
+    (OUT/report/) and builds the gallery of test images for live decoding
+    (OUT/gallery/). Prints a summary.
     """
     from service.demo import run_demo
 

@@ -1,7 +1,8 @@
 """Open MEG/EEG recordings and find their trials: which image was shown, and when.
 
 One entry point, :func:`open_recording`, for every file MNE reads (FIF, CTF
-``.ds``, EDF, BDF, BrainVision, EEGLAB, ...) and for BIDS datasets; a
+``.ds``, EDF, BDF, BrainVision, EEGLAB, ...), for BIDS datasets and for session
+folders recorded live (:mod:`streaming.session_log`, trials from their markers); a
 :class:`Recording` holds the raw data and its :class:`Trial` list. Trials come
 from one of three sources:
 
@@ -41,6 +42,7 @@ import mne
 import numpy as np
 
 from .errors import InputError
+from .session_log import find_session_stream, read_session_stream
 
 logger = logging.getLogger("glimpse.streaming.recordings")
 
@@ -165,7 +167,7 @@ class Recording:
 
     ``stim_root`` is the folder relative stimulus paths were resolved against;
     ``trial_source`` says where the trials came from ("events_tsv", "annotations",
-    "stim_channel" or "none"); ``format`` and ``system`` are what :func:`describe`
+    "stim_channel", "markers" or "none"); ``format`` and ``system`` are what :func:`describe`
     reports.
     """
 
@@ -218,8 +220,9 @@ def open_recording(
     """Open a raw MEG/EEG file or a BIDS recording, and find its trials.
 
     ``path`` is a file MNE reads, a CTF ``.ds`` folder, a BIDS root (pick one
-    recording with ``subject``/``session``/``task``/``run``/``datatype``) or a
-    recording file inside a BIDS dataset.
+    recording with ``subject``/``session``/``task``/``run``/``datatype``), a
+    recording file inside a BIDS dataset, or a session folder that glimpse
+    recorded (or its ``streams/<name>`` folder; trials from its markers).
 
     ``source`` picks where trials come from; "auto" uses, in order: the mapping on
     annotations or trigger values when ``mapping`` is given; a BIDS events.tsv that
@@ -237,6 +240,12 @@ def open_recording(
         raise InputError("an existing recording file, CTF .ds folder or BIDS folder",
                          f"{path}, which does not exist",
                          f"check the path (relative paths start at {Path.cwd()})")
+    if find_session_stream(path) is not None:
+        if mapping is not None or source != "auto":
+            raise InputError("trials from markers.jsonl for a recorded session",
+                             f"mapping={mapping!r}, source={source!r}",
+                             "drop --mapping / source= for session folders")
+        return _open_session(path, events, stim_root)
     selection = {"subject": subject, "session": session, "task": task, "run": run,
                  "datatype": datatype}
     bids_root = _bids_root_of(path)
@@ -339,6 +348,39 @@ def _system_of(raw: mne.io.BaseRaw, fmt: str) -> str | None:
         if device.get(key):
             return str(device[key])
     return _FORMAT_SYSTEM.get(fmt)
+
+
+def _open_session(path: Path, events: EventColumns, stim_root) -> Recording:
+    """A session folder that glimpse recorded: one stream's samples, trials from its markers.
+
+    A marker's trial sits at the sample nearest its LSL time; markers outside the
+    recorded samples, invalid ones and ones that are not JSON objects are skipped.
+    Stimulus files are not checked: a session names the files of the machine that
+    recorded it.
+    """
+    raw, times, markers = read_session_stream(path)
+    base = Path(os.path.abspath(stim_root or find_session_stream(path)[0]))  # the session folder
+    sfreq, period = raw.info["sfreq"], 1.0 / raw.info["sfreq"]
+    trials = []
+    for record in markers:
+        marker, t = record.get("marker"), record.get("t")
+        if not (record.get("valid", True) and isinstance(marker, dict)
+                and isinstance(t, (int, float)) and times[0] - period <= t <= times[-1] + period):
+            continue
+        sample = int(np.searchsorted(times, t))  # the nearest of the samples around t
+        if sample == len(times) or (sample > 0 and t - times[sample - 1] <= times[sample] - t):
+            sample -= 1
+        stim = _na(marker.get("stim_file"))
+        stim_file = _absolute(base, stim) if stim else None
+        label = _na(marker.get("trial_type")) or "n/a"
+        trials.append(Trial(onset=sample / sfreq, stim_file=stim_file,
+                            concept=_na(marker.get("concept")) or _concept_of(stim_file),
+                            split=events.splits.get(label, "unknown"), trial_type=label,
+                            sample=sample))
+    logger.debug("opened session %s (%d channels at %s Hz): %d trials from %d markers",
+                 path, len(raw.ch_names), sfreq, len(trials), len(markers))
+    return Recording(raw=raw, path=path, bids_path=None, trials=trials, stim_root=base,
+                     trial_source="markers", format="glimpse session", system=None)
 
 
 # --------------------------------------------------------------------------- BIDS

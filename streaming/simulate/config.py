@@ -40,7 +40,7 @@ class SimulationConfig:
     test_exemplars: int = 4
     test_repeats: int = 4
     catch_fraction: float = 0.03
-    snr_db: float = -10.0
+    snr_db: float = -5.0
     sfreq: float | None = None
     seed: int = 0
     image_size: int = 128
@@ -110,7 +110,7 @@ class SimulationConfig:
             f"lower --concepts or --test-concepts (got {self.concepts} + {self.test_concepts})",
         )
         need(finite("catch_fraction") and 0 <= self.catch_fraction < 0.5, "catch_fraction", "in [0, 0.5)", "pass e.g. 0.03")
-        need(finite("snr_db") and -60 <= self.snr_db <= 40, "snr_db", "a finite number in [-60, 40] dB", "pass e.g. --snr-db -10")
+        need(finite("snr_db") and -60 <= self.snr_db <= 40, "snr_db", "a finite number in [-60, 40] dB", "pass e.g. --snr-db -5")
         need(
             self.sfreq is None or (finite("sfreq") and 200 <= self.sfreq <= 5000),
             "sfreq",

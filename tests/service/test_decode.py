@@ -1,0 +1,129 @@
+"""`glimpse decode` end to end: `glimpse replay` in a subprocess -> LSL on loopback ->
+acquisition -> worker -> frames, with the session recorded while it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from service.decode import GalleryIds, run_decode
+from streaming.errors import InputError
+from streaming.recordings import open_recording
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A replay subprocess, a resolve and a decode of several seconds: a hang must fail.
+pytestmark = pytest.mark.timeout(120)
+
+FRAME_KEYS = {"type", "v", "session", "seq", "stream", "window_seq", "t_window_end", "t_decoded",
+              "latency_ms", "topk", "confidence", "mode", "truth"}
+
+
+@pytest.fixture(scope="module")
+def decoder_files(small_meg_session, tmp_path_factory):
+    """A ridge checkpoint (seconds to fit) and the gallery of the session's test images."""
+    from models.data import load_session
+    from models.embedders import load_embedder
+    from models.gallery import build_gallery
+    from models.train import TrainConfig, train
+
+    root, _, _ = small_meg_session
+    out = tmp_path_factory.mktemp("decode")
+    cache = out / "cache"
+    result = train(load_session(root, progress=False),
+                   TrainConfig(model="ridge", ridge_draws=1, presence_draws=1,
+                               cache_dir=str(cache)), out / "ckpt", progress=False)
+    gallery = out / "gallery"
+    build_gallery(sorted((root / "stimuli" / "test").rglob("*.png")), load_embedder("handcrafted"),
+                  root=root, cache_dir=cache, progress=False).save(gallery)
+    return root, result.checkpoint_dir, gallery
+
+
+def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "replay", str(recording),
+                             "--name", name, "--source-id", name, *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_gallery_ids_match_absolute_stimulus_paths():
+    ids = GalleryIds(["stimuli/test/star/star_01.png", "star_01.png"])
+    # The longest suffix that is an id wins; other machines' prefixes do not matter.
+    assert ids.match("/data/sim/stimuli/test/star/star_01.png") == "stimuli/test/star/star_01.png"
+    assert ids.match("C:\\x\\y\\star_01.png") == "star_01.png"
+    assert ids.match("/data/other.png") is None and ids.match(None) is None
+
+
+def test_replay_then_decode_records_everything_and_knows_the_truth(decoder_files, tmp_path):
+    root, ckpt, gallery = decoder_files
+    name = f"decode-{uuid.uuid4().hex[:10]}"
+    proc = _replay(root / "sub-01" / "meg" / "sub-01_task-things_meg.fif", name, "--speed", "4")
+    lines: list[str] = []
+    try:
+        summary = run_decode([name], ckpt, gallery, record=tmp_path / "session", duration=8.0,
+                             interval=0.5, echo=lines.append, resolve_timeout=30.0)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    worker, (stream,) = summary["worker"], summary["streams"]
+    assert worker["n_decoded"] > 50 and worker["n_errors"] == 0
+    # Every frame that left the worker is in frames.jsonl, complete and in order.
+    frames = [json.loads(line) for line in
+              (tmp_path / "session" / "frames.jsonl").read_text().splitlines()]
+    assert len(frames) == worker["n_decoded"]
+    assert all(FRAME_KEYS <= set(f) and len(f["topk"]) == 5 for f in frames)
+    assert [f["seq"] for f in frames] == list(range(len(frames)))
+    assert all(f["t_decoded"] > f["t_window_end"] for f in frames)
+    assert all(f["latency_ms"]["total"] == pytest.approx(
+        1e3 * (f["t_decoded"] - f["t_window_end"]), abs=1e-6) for f in frames)
+    # Markers name the stimulus; test images resolve to gallery ids.
+    known = [f["truth"] for f in frames if f["truth"] and f["truth"]["id"]]
+    assert known and all(t["id"].startswith("stimuli/test/") for t in known)
+    # The recorded session holds every acquired sample and reads back as a recording.
+    rec = open_recording(tmp_path / "session")
+    assert rec.n_times == stream["n_samples"] and rec.sfreq == 1200.0
+    assert len(rec.trials) == stream["n_markers"] > 0
+    assert (tmp_path / "session" / "summary.json").is_file()
+    assert any("frames/s" in line for line in lines) and "session recorded in" in lines[-1]
+    # Windows come every hop: 20/s of stream time at 4x speed, none invalid on clean data.
+    assert stream["n_invalid_windows"] == 0 and stream["n_gaps"] == 0
+
+
+def test_decode_refuses_a_stream_that_does_not_exist(decoder_files, tmp_path, capsys):
+    _, ckpt, gallery = decoder_files
+    code = main(["decode", "--stream", f"nothing-{uuid.uuid4().hex[:8]}", "--checkpoint",
+                 str(ckpt), "--gallery", str(gallery), "--timeout", "1",
+                 "--record", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "glimpse: error:" in err
+
+
+def test_decode_refuses_a_gallery_of_another_embedder(decoder_files, tmp_path):
+    from models.gallery import Gallery
+
+    _, ckpt, gallery = decoder_files
+    g = Gallery.load(gallery)
+    other = Gallery(embeddings=g.embeddings[:, :16].contiguous(), ids=g.ids, paths=g.paths,
+                    embedder="open_clip:tiny", dim=16, hashes=g.hashes)
+    other.save(tmp_path / "other")
+    with pytest.raises(InputError, match="embedder"):
+        run_decode(["x"], ckpt, tmp_path / "other", record=tmp_path / "s", duration=1)
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s" / "streams").glob("*"))
+
+
+def test_decode_refuses_bad_options_before_any_lsl_work(decoder_files, tmp_path):
+    _, ckpt, gallery = decoder_files
+    with pytest.raises(InputError, match="--duration"):
+        run_decode(["x"], ckpt, gallery, duration=0)
+    with pytest.raises(InputError, match="--onnx"):
+        run_decode(["x"], ckpt, gallery, backend="onnx")
+    with pytest.raises(InputError, match="--stream"):
+        run_decode([], ckpt, gallery)
