@@ -125,7 +125,7 @@ class TrainConfig:
     val_concept_fraction: float = 0.15
     val_metric: str = "top5"
     nothing_fraction: float = 0.5
-    windows_per_trial: int = 8
+    windows_per_trial: int = 6
     stim_offsets: tuple[float, float] = STIM_OFFSETS
     nothing_offsets: tuple[float, float] = NOTHING_OFFSETS
     eval_offsets: tuple[float, ...] = EVAL_OFFSETS

@@ -66,7 +66,7 @@ def _main(
 
 @app.command()
 def info(
-    recording: Annotated[Path, typer.Argument(help="A recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set), a file inside a BIDS dataset, or a BIDS root.")],
+    recording: Annotated[Path, typer.Argument(help="A recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set), a file inside a BIDS dataset, a BIDS root, or a session folder recorded by `glimpse decode`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")] = False,
     subject: Annotated[Optional[str], typer.Option(help="BIDS root only: the subject to open (e.g. 01).")] = None,
     session: Annotated[Optional[str], typer.Option(help="BIDS root only: the session.")] = None,
@@ -384,6 +384,7 @@ def decode(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo session lives; reused when it exists.")] = Path("glimpse-demo"),
     fresh: Annotated[bool, typer.Option(help="Simulate again even if OUT already holds a demo session.")] = False,
+    live: Annotated[float, typer.Option(help="Seconds of live decoding at the end: sub-01 replayed over LSL in real time, decoded as `glimpse decode` does (0 skips it).")] = 45.0,
 ) -> None:
     """Run the main job on the embedded default: no data, no weights, no network.
 
@@ -392,11 +393,12 @@ def demo(
     and live decoding share, trains the default brain encoder (a few minutes on
     2 cores, first run only), evaluates it on the unseen test concepts
     (OUT/report/) and builds the gallery of test images for live decoding
-    (OUT/gallery/). Prints a summary.
+    (OUT/gallery/), then replays subject 01 as an LSL stream and decodes it
+    live for --live seconds, printing a line per second. Prints a summary.
     """
     from service.demo import run_demo
 
-    typer.echo(run_demo(out, fresh=fresh))
+    typer.echo(run_demo(out, fresh=fresh, live=live, echo=typer.echo))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ import pytest
 
 from service.cli import main
 
-COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build", "train", "evaluate", "pretrain", "export"]
+COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build", "train", "evaluate", "pretrain",
+            "export", "replay", "decode"]
 
 
 @pytest.mark.parametrize("command", [[], *[c.split() for c in COMMANDS]])

@@ -23,7 +23,8 @@ def test_demo_summarises_the_session(small_meg_session):
     assert "274 channels x" in text and "at 120 Hz" in text
 
 
-@pytest.mark.timeout(170)  # a tiny training run, evaluation and gallery on 2 cores
+@pytest.mark.slow
+@pytest.mark.timeout(400)  # tiny training, evaluation (curve, ceiling), gallery, 4 s live; ~60 s alone
 def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tmp_path, one_thread):
     from models.checkpoint import load_checkpoint
     from models.gallery import Gallery
@@ -34,8 +35,12 @@ def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tm
     shutil.copytree(root, out)  # the shared session stays as other tests expect it
     tiny = TrainConfig(epochs=1, patience=1, hidden=16, spatial_channels=8, n_blocks=1,
                        presence_draws=1, cache_dir=str(tmp_path / "cache"))
-    text = run_demo(out, config=config, train_config=tiny)
+    text = run_demo(out, config=config, train_config=tiny, live=4, echo=lambda line: None)
     assert "trained brain_encoder" in text and "top-5 single-trial" in text
+    # The live part: the replayed subject decoded over LSL, the session recorded.
+    assert "windows decoded" in text
+    (session,) = (out / "sessions").iterdir()
+    assert (session / "frames.jsonl").stat().st_size > 0
     assert load_checkpoint(out / "model").model_name == "brain_encoder"
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["test"]["n_images"] == 8 and metrics["test"]["disjoint"]
