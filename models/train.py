@@ -629,9 +629,13 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
         loss_fn = DecodingLoss(config.loss, lam=config.mix_lambda)
         # The decoder learns from stimulus windows only; nothing-new windows train the
         # confidence head below.
+        # Ridge takes ridge_draws windows per trial in all: its closed form costs
+        # O(windows x features^2), and more draws of the same trials add little.
         sampler = WindowSampler(data, splits.train, window_s=config.window_s,
                                 stim_offsets=config.stim_offsets, nothing_offsets=None,
-                                windows_per_trial=config.windows_per_trial, seed=config.seed)
+                                windows_per_trial=(1 if config.model == "ridge"
+                                                   else config.windows_per_trial),
+                                seed=config.seed)
         if config.model == "ridge":
             retrieval_head = "mse"
             model, history, best_epoch = _fit_ridge(model, sampler, targets, config)
@@ -700,7 +704,7 @@ def _targets(data: SessionData, embedder, cache, dist: _Dist, progress: bool) ->
 
 def _fit_ridge(model, sampler: WindowSampler, targets: np.ndarray, config: TrainConfig
                ) -> tuple[Any, list[dict[str, float]], None]:
-    """Closed-form fit on ``ridge_draws`` epochs' worth of windows (random offsets).
+    """Closed-form fit on ``ridge_draws`` windows per training trial (random offsets).
 
     Returns the model as the checkpoint stores it (float32 arrays), so that what is
     validated and calibrated here is exactly what is served.
