@@ -24,6 +24,8 @@ from .checkpoint import load_checkpoint
 logger = logging.getLogger("glimpse.models.export")
 
 BATCH_SIZES = (1, 8)
+#: Where `glimpse export` writes by default, and where `glimpse decode` looks.
+ONNX_NAME = "model.onnx"
 
 
 def export_checkpoint_onnx(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *,

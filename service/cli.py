@@ -289,12 +289,16 @@ def pretrain(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `glimpse train`.")],
-    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write.")],
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file to write.  [default: CHECKPOINT/model.onnx, which `glimpse decode` then uses]")] = None,
 ) -> None:
-    """Export a checkpoint's brain encoder to ONNX (checked against torch with onnxruntime)."""
-    from models.export import export_checkpoint_onnx
+    """Export a checkpoint's brain encoder to ONNX (checked against torch with onnxruntime).
 
-    report = export_checkpoint_onnx(checkpoint, onnx)
+    The file takes a channel mask besides the window and the subject, so a live
+    stream that lacks some channels can still be decoded.
+    """
+    from models.export import ONNX_NAME, export_checkpoint_onnx
+
+    report = export_checkpoint_onnx(checkpoint, onnx or Path(checkpoint) / ONNX_NAME)
     typer.echo(json.dumps(report, indent=2))
 
 
@@ -334,6 +338,7 @@ def replay(
 
 
 class Backend(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnx = "onnx"
 
@@ -345,9 +350,10 @@ def decode(
     gallery: Annotated[Path, typer.Option(help="Gallery from `glimpse gallery build`, embedded like the checkpoint's targets.")],
     record: Annotated[Optional[Path], typer.Option(help="Session folder that records samples, markers and frames.  [default: sessions/<date-time>]")] = None,
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds, with a summary.  [default: until Ctrl-C]")] = None,
-    backend: Annotated[Backend, typer.Option(help="Run the brain encoder in torch, or in onnxruntime on --onnx.")] = Backend.torch,
-    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file from `glimpse export` (with --backend onnx).")] = None,
+    backend: Annotated[Backend, typer.Option(help="auto: onnxruntime on CPU when the checkpoint was exported (CHECKPOINT/model.onnx, `glimpse export`), else torch.")] = Backend.auto,
+    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file from `glimpse export` (with --backend onnx).  [default: CHECKPOINT/model.onnx]")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda / cuda:N.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="CPU threads of the model and the retrieval (1 keeps latency steady on a busy machine).")] = 1,
     k: Annotated[int, typer.Option("-k", help="Images retrieved per window.")] = 5,
     hop: Annotated[float, typer.Option(help="Seconds between windows.")] = 0.05,
     allow_missing: Annotated[bool, typer.Option(help="Decode with checkpoint channels missing from the stream (masked in the spatial attention).")] = False,
@@ -374,7 +380,8 @@ def decode(
 
     run_decode(stream, checkpoint, gallery, record=record, duration=duration,
                backend=backend.value, onnx=onnx, device=device, k=k, hop=hop,
-               allow_missing=allow_missing, resolve_timeout=timeout, echo=typer.echo)
+               allow_missing=allow_missing, resolve_timeout=timeout, threads=threads,
+               echo=typer.echo)
 
 
 # --------------------------------------------------------------------------- demo

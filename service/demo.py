@@ -130,6 +130,7 @@ def _model_lines(out: Path, train_config: Any) -> list[str]:
     from models.data import load_session
     from models.embedders import load_embedder
     from models.evaluate import evaluate, write_report
+    from models.export import ONNX_NAME, export_checkpoint_onnx
     from models.gallery import Gallery, build_gallery, gallery_files
     from models.train import TrainConfig, train
 
@@ -147,6 +148,9 @@ def _model_lines(out: Path, train_config: Any) -> list[str]:
     else:
         logger.info("reusing the trained model in %s (pass --fresh to retrain)", ckpt_dir)
         lines.append(f"  model: {ckpt_dir}/ (reused)")
+    onnx_file = ckpt_dir / ONNX_NAME
+    if config.model != "ridge" and not onnx_file.is_file():
+        export_checkpoint_onnx(ckpt_dir, onnx_file)  # what live decoding runs on a CPU
     metrics_file = report_dir / "metrics.json"
     if not metrics_file.is_file():
         metrics = evaluate(ckpt_dir, data if data is not None else out, cache_dir=config.cache_dir,
