@@ -39,6 +39,8 @@ logger = logging.getLogger("glimpse.service.decode")
 TRUTH_SPAN = (0.15, 0.65)
 #: Largest age (s) of a marker that still names a window's stimulus.
 TRUTH_MAX_AGE = 1.0
+#: Windows queued per stream before the oldest is dropped.
+QUEUE_SIZE = 8
 
 
 class GalleryIds:
@@ -199,10 +201,11 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
         return {**marker, "id": ids.match(marker.get("stim_file")),
                 "age_s": float(t_end - marker["t"])}
 
-    # Room for each stream's whole queue in one batch: a burst (a late pull) is decoded,
-    # not dropped, when the worker is idle.
-    worker = Worker(decoder, session=folder.name, truth=truth,
-                    on_frame=[writer.write_frame, live.on_frame], max_batch=4 * len(streams))
+    # 8 windows (400 ms) per stream, all of them in one batch: the backlog of the first
+    # pull after a (re)connect is decoded, not dropped, when the worker keeps up.
+    worker = Worker(decoder, session=folder.name, truth=truth, queue_size=QUEUE_SIZE,
+                    on_frame=[writer.write_frame, live.on_frame],
+                    max_batch=QUEUE_SIZE * len(streams))
     try:
         for name in streams:
             acq = _acquisition(name, ckpt, writer, worker, hop=hop, allow_missing=allow_missing,
