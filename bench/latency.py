@@ -692,7 +692,7 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
                                     on_window=worker.submit, on_samples=on_samples,
                                     resolve_timeout=30.0, lost_after=5.0)
             # Per pulled chunk: (samples, seconds in the hot path, seconds preprocessing);
-            # the private hook bench/acquisition.py uses too.
+            # the acquisition's private per-chunk cost hook.
             acq._profile = []
             acqs[s["source_id"]] = acq.start()
         outlets.wait_started()

@@ -155,6 +155,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     torch. ``threads``: torch's and onnxruntime's CPU threads (None: leave them).
     """
     from models.checkpoint import load_checkpoint
+    from models.export import ONNX_NAME
     from models.gallery import Gallery
     from service.worker import Decoder, Worker
     from streaming.session_log import SessionWriter
@@ -165,8 +166,6 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     if duration is not None and not duration > 0:
         raise InputError("--duration a positive number of seconds", repr(duration),
                          "leave it out to decode until Ctrl-C")
-    from models.export import ONNX_NAME
-
     exported = Path(onnx) if onnx is not None else Path(checkpoint) / ONNX_NAME
     if backend == "auto":
         backend = "onnx" if device == "cpu" and exported.is_file() else "torch"
@@ -191,10 +190,11 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     writer = SessionWriter(folder)
     ids = GalleryIds(gal.ids)
     live = LiveStats(k, len(gal))
-    acquisitions: dict[str, Any] = {}
+    acquisitions: list[Any] = []
 
     def truth(stream_id: str, t_end: float) -> dict | None:
-        acq = acquisitions.get(stream_id)
+        # By the current id: a stream that came back from another outlet has a new one.
+        acq = next((a for a in acquisitions if a.stream_id == stream_id), None)
         marker = acq.truth_at(t_end, TRUTH_MAX_AGE) if acq is not None else None
         if marker is None:
             return None
@@ -210,9 +210,9 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
         for name in streams:
             acq = _acquisition(name, ckpt, writer, worker, hop=hop, allow_missing=allow_missing,
                                resolve_timeout=resolve_timeout)
-            acquisitions[acq.stream_id] = acq
+            acquisitions.append(acq)
     except BaseException:
-        for acq in acquisitions.values():
+        for acq in acquisitions:
             acq.stop()
         writer.close()
         if record is None and not acquisitions:  # nothing recorded: leave no empty session
@@ -229,18 +229,18 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
          f"{ckpt.model_name}, gallery of {len(gal)}); Ctrl-C stops")
     try:
         while not stop.wait(interval):
-            echo(status_line(worker.stats(), [a.stats() for a in acquisitions.values()], live))
+            echo(status_line(worker.stats(), [a.stats() for a in acquisitions], live))
             if duration is not None and time.monotonic() - start >= duration:
                 break
     finally:
-        for acq in acquisitions.values():
+        for acq in acquisitions:
             acq.stop()
         worker.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         summary = {"session": str(folder), "seconds": round(time.monotonic() - start, 1),
                    "worker": worker.stats(),
-                   "streams": [a.stats() for a in acquisitions.values()],
+                   "streams": [a.stats() for a in acquisitions],
                    "accuracy": live.summary()}
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n",
                                              encoding="utf-8")
