@@ -103,12 +103,26 @@ def test_braindecode_encoder_has_the_brain_encoder_signature(arch):
 
 
 def test_short_window_names_the_minimum_that_works():
+    # ShallowFBCSPNet's published kernels, in samples (glimpse rescales them by default).
+    published = {"filter_time_length": 25, "pool_time_length": 75, "pool_time_stride": 15}
     with pytest.raises(InputError) as error:
-        BraindecodeEncoder.from_config(braindecode_config("shallow_fbcsp", n_times=30, sfreq=120.0))
+        BraindecodeEncoder.from_config(braindecode_config("shallow_fbcsp", n_times=30, sfreq=120.0,
+                                                          model_kwargs=published))
     message = str(error.value)
     assert "the window is too short for this model: n_times=30 < 99 samples (825 ms at 120 Hz)" in message
     # ...and that minimum does build.
-    BraindecodeEncoder.from_config(braindecode_config("shallow_fbcsp", n_times=99, sfreq=120.0))
+    BraindecodeEncoder.from_config(braindecode_config("shallow_fbcsp", n_times=99, sfreq=120.0,
+                                                      model_kwargs=published))
+
+
+def test_shallow_fbcsp_time_constants_fit_the_live_window_by_default():
+    """Its 100 ms filters, 60 ms stride and (capped) pooling, at the window's rate."""
+    model = BraindecodeEncoder.from_config(braindecode_config("shallow_fbcsp", n_times=30,
+                                                              sfreq=120.0))
+    assert model.config.model_kwargs == {"filter_time_length": 12, "pool_time_length": 12,
+                                         "pool_time_stride": 7}
+    clip, _ = model.eval()(torch.randn(2, 4, 30), torch.zeros(2, dtype=torch.long))
+    assert clip.shape == (2, 6)
 
 
 def test_every_encoder_class_is_registered():
