@@ -61,7 +61,7 @@ import numpy as np
 from streaming.errors import InputError
 from streaming.preprocess import OnlinePreprocessor
 
-from .checkpoint import channel_index, json_ready
+from .checkpoint import Checkpoint, channel_index, json_ready, load_checkpoint
 from .data import SessionData, cut_windows, fixed_windows, image_targets, load_session, window_ends
 
 logger = logging.getLogger("glimpse.models.evaluate")
@@ -498,7 +498,6 @@ def evaluate(checkpoint: Any, data: SessionData | str | os.PathLike, *,
     must match the checkpoint's embedder. ``out_dir``: write the report folder there.
     Returns the metrics dict (what ``metrics.json`` holds).
     """
-    from .checkpoint import Checkpoint, load_checkpoint
 
     t0 = time.perf_counter()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
