@@ -498,7 +498,6 @@ def evaluate(checkpoint: Any, data: SessionData | str | os.PathLike, *,
     must match the checkpoint's embedder. ``out_dir``: write the report folder there.
     Returns the metrics dict (what ``metrics.json`` holds).
     """
-
     t0 = time.perf_counter()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     data = _load_data(data, ckpt, subjects, progress)
