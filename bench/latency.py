@@ -645,7 +645,7 @@ def _cpu_s() -> float:
 
 def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, seconds: float,
              chunk_ms: float, stamps: str, per_process: int, record: bool = False,
-             first_chunk: int | None = None,
+             first_chunk: int | None = None, grid: str = "chunks",
              grace: float = 1.0) -> dict[str, Any]:
     """Outlets for ``specs`` -> one acquisition each -> one worker; measure ``seconds``."""
     import pylsl
@@ -690,7 +690,8 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
             acq = StreamAcquisition(s["name"], s["source_id"], ch_names=ckpt.ch_names,
                                     preprocess=ckpt.preprocess, n_times=ckpt.n_times, hop=HOP,
                                     on_window=worker.submit, on_samples=on_samples,
-                                    resolve_timeout=30.0, lost_after=5.0)
+                                    resolve_timeout=30.0, lost_after=5.0,
+                                    grid=grid)
             # Per pulled chunk: (samples, seconds in the hot path, seconds preprocessing);
             # the acquisition's private per-chunk cost hook.
             acq._profile = []
@@ -834,7 +835,8 @@ def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
             specs = stream_specs(kind, 1, names, phases="aligned")
             live = run_live(decoder, ckpt, specs, Path(tmp), warmup=args.warmup,
                             seconds=args.seconds, chunk_ms=args.chunk_ms, stamps=args.stamps,
-                            per_process=1, record=args.record, first_chunk=args.first_chunk)
+                            per_process=1, record=args.record, first_chunk=args.first_chunk,
+                            grid=args.grid)
             n_params = sum(p.numel() for p in ckpt.model.parameters())
             result = {
                 "row": row, "stream": {"kind": kind, "n_chans": KINDS[kind]["n_chans"],
@@ -904,7 +906,7 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
             specs = stream_specs("meg", n, names, phases=args.phases)
             live = run_live(decoder, ckpt, specs, Path(tmp), warmup=args.warmup,
                             seconds=args.seconds, chunk_ms=args.chunk_ms, stamps=args.stamps,
-                            per_process=args.streams_per_outlet_process)
+                            per_process=args.streams_per_outlet_process, grid=args.grid)
             step = {"n_streams": n, "realtime": live["realtime"],
                     "total_ms": {k: (live["latency_ms"]["total"] or {}).get(k)
                                  for k in ("p50", "p95", "p99", "max")},
@@ -1158,6 +1160,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds of streaming before measuring  " + warmup_help)
         q.add_argument("--chunk-ms", type=float, default=10.0,
                        help="outlet chunk length in ms  [default: 10]")
+        q.add_argument("--grid", choices=("chunks", "fixed"), default="chunks",
+                       help="window grid (glimpse decode --grid): chunks = moved once onto "
+                       "the sender's chunk ends, fixed = every hop from the first "
+                       "sample  [default: chunks]")
         q.add_argument("--switch-interval", type=float, default=None, metavar="S",
                        help="sys.setswitchinterval for this process (how long a thread may "
                        "hold the GIL while another waits)  [default: Python's, 0.005]")

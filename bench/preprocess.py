@@ -1,8 +1,9 @@
 """Cost of the online preprocessing face per live chunk; prints JSON.
 
-A CTF-275-like stream (272 channels at 1200 Hz, 10 ms = 12-sample chunks) and a
-64-channel EEG stream (1000 Hz, 10 samples), notch on, scaler fitted, as the live
-path runs it. Usage: ``python bench/preprocess.py [--chunks 5000]``.
+A CTF-275-like stream (272 channels at 1200 Hz) and a 64-channel EEG stream
+(1000 Hz), notch on, scaler fitted, in chunks of 10 ms (a sender's usual chunk) and
+of 50 ms (one hop: acquisition pulls once per window, when the sample that completes
+it arrives). Usage: ``python bench/preprocess.py [--chunks 5000]``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     print(json.dumps({
         "bench": "preprocess_online_chunk",
-        "meg_ctf275": measure(272, 1200.0, 12, args.chunks),
-        "eeg_64": measure(64, 1000.0, 10, args.chunks),
+        "meg_ctf275_10ms": measure(272, 1200.0, 12, args.chunks),
+        "meg_ctf275_50ms": measure(272, 1200.0, 60, args.chunks),
+        "eeg_64_10ms": measure(64, 1000.0, 10, args.chunks),
+        "eeg_64_50ms": measure(64, 1000.0, 50, args.chunks),
     }, indent=2))
 
 

@@ -337,6 +337,11 @@ def replay(
     typer.echo(format_summary(stats))
 
 
+class Grid(str, Enum):
+    chunks = "chunks"
+    fixed = "fixed"
+
+
 class Backend(str, Enum):
     auto = "auto"
     torch = "torch"
@@ -357,6 +362,7 @@ def decode(
     k: Annotated[int, typer.Option("-k", help="Images retrieved per window.")] = 5,
     hop: Annotated[float, typer.Option(help="Seconds between windows.")] = 0.05,
     allow_missing: Annotated[bool, typer.Option(help="Decode with checkpoint channels missing from the stream (masked in the spatial attention).")] = False,
+    grid: Annotated[Grid, typer.Option(help="Window grid. chunks: after 2 s the grid moves once so that windows end where the sender's chunks end (a window's newest sample no longer waits for the rest of its chunk: ~7 ms less at 1200 Hz in 10 ms chunks). fixed: every hop from the stream's first sample.")] = Grid.chunks,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each stream to appear.")] = 10.0,
 ) -> None:
     """Decode live LSL streams in the terminal: a line per second, a summary at the end.
@@ -380,7 +386,8 @@ def decode(
 
     run_decode(stream, checkpoint, gallery, record=record, duration=duration,
                backend=backend.value, onnx=onnx, device=device, k=k, hop=hop,
-               allow_missing=allow_missing, resolve_timeout=timeout, threads=threads,
+               allow_missing=allow_missing, grid=grid.value, resolve_timeout=timeout,
+               threads=threads,
                echo=typer.echo)
 
 

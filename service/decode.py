@@ -145,7 +145,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
                record: Path | None = None, duration: float | None = None,
                backend: str = "auto", onnx: str | Path | None = None, device: str = "cpu",
                k: int = 5, hop: float = 0.05, allow_missing: bool = False,
-               resolve_timeout: float = 10.0, threads: int | None = 1,
+               grid: str = "chunks", resolve_timeout: float = 10.0, threads: int | None = 1,
                echo: Callable[[str], None] = print, interval: float = 1.0,
                stop: threading.Event | None = None) -> dict[str, Any]:
     """Decode ``streams`` live until ``duration`` s, Ctrl-C/SIGTERM or ``stop``; the summary.
@@ -153,6 +153,9 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     ``backend`` "auto": onnxruntime on CPU when ``onnx`` or CHECKPOINT/model.onnx
     exists (3x faster than eager torch at batch 1 for the default encoder), else
     torch. ``threads``: torch's and onnxruntime's CPU threads (None: leave them).
+    ``grid``: the acquisition's window grid (``chunks``: moved once onto each sender's
+    chunk ends, which saves up to a chunk of latency; ``fixed``: every hop from the
+    first sample).
     """
     from models.checkpoint import load_checkpoint
     from models.export import ONNX_NAME
@@ -209,7 +212,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     try:
         for name in streams:
             acq = _acquisition(name, ckpt, writer, worker, hop=hop, allow_missing=allow_missing,
-                               resolve_timeout=resolve_timeout)
+                               grid=grid, resolve_timeout=resolve_timeout)
             acquisitions.append(acq)
     except BaseException:
         for acq in acquisitions:

@@ -65,6 +65,10 @@ _ALIASES = {
 _MAX_FACTOR = 2000
 # Input samples handled per pass; bounds memory offline (272 chans: ~9 MB buffer).
 _BLOCK = 4096
+# Live chunks are short (a hop: ~6 outputs, 60 inputs): up to this many samples, the
+# FIR and the IIR filters run as one small matrix product each (_Blocks) instead of
+# per-phase strided products and scipy's sosfilt, whose fixed costs dominate there.
+_SMALL = 64
 
 
 def _known_types() -> set[str]:
@@ -357,6 +361,48 @@ class _Resampler:
         return cls(up, down, bank, (n_taps - 1) / (2.0 * rate))
 
 
+class _SosBlock:
+    """An SOS cascade applied to short blocks as matrix products, state carried.
+
+    The cascade is linear, so for a block of ``m`` samples, with the state ``s``
+    (scipy's ``zi`` per channel, flattened) and the input ``x``::
+
+        y = s @ O + x @ T        s' = s @ A + x @ R
+
+    The four matrices are scipy's own ``sosfilt`` applied to unit states and unit
+    impulses, so this is the same recursion as ``sosfilt`` (to rounding). Built once
+    per block length.
+    """
+
+    def __init__(self, sos: np.ndarray):
+        self.sos, self.n_sec = sos, len(sos)
+        self._mats: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def _build(self, m: int) -> tuple[np.ndarray, ...]:
+        ns = 2 * self.n_sec
+        zi = np.zeros((self.n_sec, ns, 2))
+        for i in range(ns):
+            zi[i // 2, i, i % 2] = 1.0
+        o, a = signal.sosfilt(self.sos, np.zeros((ns, m)), axis=-1, zi=zi)
+        t, r = signal.sosfilt(self.sos, np.eye(m), axis=-1, zi=np.zeros((self.n_sec, m, 2)))
+        flat = (lambda z: z.transpose(1, 0, 2).reshape(z.shape[1], ns))
+        mats = (o, t, flat(a), flat(r))
+        self._mats[m] = mats
+        return mats
+
+    def __call__(self, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``sosfilt(sos, x, axis=-1, zi=zi)`` for ``x`` ``(n_chans, m)``, ``zi`` ``(n_sec, n_chans, 2)``."""
+        m = x.shape[1]
+        o, t, a, r = self._mats.get(m) or self._build(m)
+        n = x.shape[0]
+        state = zi.transpose(1, 0, 2).reshape(n, 2 * self.n_sec)
+        y = state @ o
+        y += x @ t
+        state = state @ a
+        state += x @ r
+        return y, state.reshape(n, self.n_sec, 2).transpose(1, 0, 2)
+
+
 class OnlinePreprocessor:
     """Chunk-by-chunk preprocessing with carried state; see the module docstring.
 
@@ -429,6 +475,9 @@ class OnlinePreprocessor:
         self._notch_zi_unit = (None if self._notch_sos is None
                                else signal.sosfilt_zi(self._notch_sos))
         self._band_zi_unit = None if self._band_sos is None else signal.sosfilt_zi(self._band_sos)
+        self._notch_small = None if self._notch_sos is None else _SosBlock(self._notch_sos)
+        self._band_small = None if self._band_sos is None else _SosBlock(self._band_sos)
+        self._fir_small: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         logger.debug("preprocess %s -> %.6g Hz: up %d down %d, %d taps/phase, "
                      "FIR delay %.1f ms, %d notch sections",
                      self.sfreq_in, self.sfreq_out, self.up, self.down,
@@ -503,7 +552,11 @@ class OnlinePreprocessor:
             self._buf[:, :self._hist] = x[:, :1]
         self._last[:] = x[:, -1]
         if self._notch_sos is not None:
-            x, self._notch_zi = signal.sosfilt(self._notch_sos, x, axis=-1, zi=self._notch_zi)
+            if n <= _SMALL:
+                x, self._notch_zi = self._notch_small(x, self._notch_zi)
+            else:
+                x, self._notch_zi = signal.sosfilt(self._notch_sos, x, axis=-1,
+                                                   zi=self._notch_zi)
 
         if self._pos + n > self._buf.shape[1]:  # keep the history, make room (once a block)
             self._buf[:, :self._hist] = self._buf[:, self._pos - self._hist:self._pos]
@@ -517,13 +570,19 @@ class OnlinePreprocessor:
         up, down = self.up, self.down
         k0, k1 = self.n_samples_out, -(-self.n_samples_in * up // down)
         m = k1 - k0
-        y = np.empty((self.n_chans, m))
-        for i in range(min(up, m)):  # outputs of one phase are `down` inputs apart
-            k = k0 + i
-            last, phase = divmod(k * down, up)
-            count = len(range(i, m, up))
-            s = base + last
-            y[:, i::up] = self._windows[:, s:s + (count - 1) * down + 1:down] @ self._bank[phase]
+        if 0 < m <= _SMALL:
+            band, span = self._fir_band(k0, m)
+            s = base + k0 * down // up
+            y = self._buf[:, s:s + span] @ band
+        else:
+            y = np.empty((self.n_chans, m))
+            for i in range(min(up, m)):  # outputs of one phase are `down` inputs apart
+                k = k0 + i
+                last, phase = divmod(k * down, up)
+                count = len(range(i, m, up))
+                s = base + last
+                y[:, i::up] = (self._windows[:, s:s + (count - 1) * down + 1:down]
+                               @ self._bank[phase])
         self.n_samples_out = k1
         if m == 0:
             return y.astype(np.float32)
@@ -531,13 +590,38 @@ class OnlinePreprocessor:
         if self._band_sos is not None:
             if k0 == 0:
                 self._band_zi = self._band_zi_unit[:, None, :] * y[None, :, 0, None]
-            y, self._band_zi = signal.sosfilt(self._band_sos, y, axis=-1, zi=self._band_zi)
+            if m <= _SMALL:
+                y, self._band_zi = self._band_small(y, self._band_zi)
+            else:
+                y, self._band_zi = signal.sosfilt(self._band_sos, y, axis=-1,
+                                                  zi=self._band_zi)
         if self._center is not None:
             y -= self._center
             y *= self._inv_scale
             if self.config.clamp is not None:
                 np.clip(y, -self.config.clamp, self.config.clamp, out=y)
         return y.astype(np.float32)
+
+    def _fir_band(self, k0: int, m: int) -> tuple[np.ndarray, int]:
+        """The FIR for outputs ``k0 .. k0 + m - 1`` as one banded matrix over their inputs.
+
+        Output ``k`` is ``window(floor(k down / up)) @ bank[k down % up]``; relative to
+        output ``k0`` the offsets and phases depend on ``k0 % up`` only, so the matrix
+        ``(span, m)`` is built once per ``(k0 % up, m)`` (at most 256 kept: awkward rates
+        such as Neuromag's 300.3 Hz have ``up`` in the hundreds).
+        """
+        key = (k0 % self.up, m)
+        if key not in self._fir_small:
+            if len(self._fir_small) >= 256:
+                self._fir_small.clear()
+            taps = self._bank.shape[1]
+            first = k0 * self.down // self.up
+            lasts = [(k0 + j) * self.down // self.up - first for j in range(m)]
+            band = np.zeros((lasts[-1] + taps, m))
+            for j, off in enumerate(lasts):
+                band[off:off + taps, j] = self._bank[(k0 + j) * self.down % self.up]
+            self._fir_small[key] = (band, len(band))
+        return self._fir_small[key]
 
     def _hold_nonfinite(self, x: np.ndarray) -> np.ndarray:
         bad = ~np.isfinite(x)

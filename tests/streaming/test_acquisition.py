@@ -143,6 +143,10 @@ def test_no_drop_end_to_end(outlet, acquire):
     assert stats["n_samples"] == 3600 and stats["n_gaps"] == 0
     assert stats["n_lost"] == 1 and stats["n_reconnects"] == 0 and stats["state"] == "stopped"
     assert rec.streams == [proc.source_id]
+    # A pull waits for the sample that completes the next window: about one pull per
+    # window (56), not one per 12-sample chunk (300).
+    assert stats["n_chunks"] < 100, stats["n_chunks"]
+    assert stats["grid"] == "fixed" and stats["grid_shift"] == 0
 
     # The hop arithmetic: 1200 -> 120 Hz, 360 outputs, a 30-sample window every 6.
     assert stats["n_windows"] == len(rec.windows) == _expected_windows(3600, 1, 10) == 56
@@ -159,6 +163,42 @@ def test_no_drop_end_to_end(outlet, acquire):
         assert w.ch_names == tuple(names) and w.stream_id == proc.source_id
         assert w.t_end <= w.t_pulled <= w.t_cut
     assert np.abs(rec.windows[-1].data).max() > 0.1  # signal, scaled by the config
+
+
+@pytest.mark.timeout(30)  # 4 s of streaming
+def test_chunks_grid_moves_windows_onto_the_senders_chunk_ends(outlet, acquire):
+    # 1200 Hz in 12-sample chunks (0-11, 12-23, ...). The fixed grid's windows end on
+    # input 10 k for output k = 29, 35, ...: 290 % 12 = 2, so the newest sample waits 9
+    # samples (7.5 ms) for the rest of its chunk. Moving the grid 2 outputs later puts
+    # it on 310 % 12 = 10: one sample before a chunk end, the best a 10-input output
+    # step allows.
+    names = _names(8)
+    proc = outlet("--n-chans", 8, "--sfreq", 1200, "--chunk", 12, "--duration", 4,
+                  "--wait-consumer", 10)
+    acq, rec = acquire(proc.stream_name, proc.source_id, names=names, grid="chunks",
+                       lost_after=0.5)
+    acq.start()
+    assert proc.wait(20) == 0
+    _wait(lambda: acq.stats()["state"] == "lost", 5, "the finished outlet to be lost")
+    acq.stop()
+    stats = acq.stats()
+    assert stats["grid"] == "chunks" and stats["grid_shift"] == 2
+    index, stamps = rec.index(), rec.stamps()
+    np.testing.assert_array_equal(index, np.arange(4800))
+    newest = index[np.searchsorted(stamps, [w.t_end for w in rec.windows])]
+    phase = newest % 12
+    moved = int(np.argmax(phase == 10))  # the first window after the move
+    assert moved > 0 and set(phase[:moved]) == {2} and set(phase[moved:]) == {10}
+    steps = np.diff(newest)
+    assert steps[moved - 1] == 80 and set(np.delete(steps, moved - 1)) == {60}
+    assert [w.seq for w in rec.windows] == list(range(len(rec.windows)))  # one hop longer
+
+
+def test_grid_is_checked():
+    names = _names(2)
+    with pytest.raises(InputError, match="grid one of fixed, chunks"):
+        StreamAcquisition("x", ch_names=names, preprocess=_config(names), n_times=30,
+                          grid="clock")
 
 
 @pytest.mark.timeout(30)  # 2 s of streaming
