@@ -643,6 +643,22 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def _machine_ticks() -> tuple[int, int, int] | None:
+    """(busy, steal, total) clock ticks of the whole machine since boot (Linux /proc/stat).
+
+    Steal is time the hypervisor gave the vCPUs to someone else: on a shared VM it
+    shows when a slow step was the host's doing, not the code's.
+    """
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    steal = fields[7] if len(fields) > 7 else 0
+    total = sum(fields[:8])
+    return total - idle - steal, steal, total
+
+
 def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, seconds: float,
              chunk_ms: float, stamps: str, per_process: int, record: bool = False,
              first_chunk: int | None = None, grid: str = "chunks",
@@ -650,7 +666,7 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
     """Outlets for ``specs`` -> one acquisition each -> one worker; measure ``seconds``."""
     import pylsl
 
-    from service.worker import Worker
+    from service.worker import Worker, freeze_heap
     from streaming.acquisition import StreamAcquisition
 
     outlets = Outlets(specs, root, chunk_ms=chunk_ms, stamps=stamps, per_process=per_process,
@@ -697,16 +713,17 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
             acq._profile = []
             acqs[s["source_id"]] = acq.start()
         outlets.wait_started()
+        freeze_heap()  # as glimpse decode does
         setup_s = time.perf_counter() - t_setup
         time.sleep(warmup)
         w0, a0 = worker.stats(), {k: a.stats() for k, a in acqs.items()}
         i0 = {k: c.snapshot() for k, c in checks.items()}
         p0 = {k: len(a._profile) for k, a in acqs.items()}
-        cpu0, wall0 = _cpu_s(), time.perf_counter()
+        cpu0, wall0, ticks0 = _cpu_s(), time.perf_counter(), _machine_ticks()
         frames.t_start = pylsl.local_clock()
         frames.t_stop = frames.t_start + seconds
         time.sleep(seconds)
-        cpu1, wall1 = _cpu_s(), time.perf_counter()
+        cpu1, wall1, ticks1 = _cpu_s(), time.perf_counter(), _machine_ticks()
         chunks = [row for k, a in acqs.items() for row in a._profile[p0[k]:]]
         time.sleep(grace)  # windows that ended in the span get `grace` s to come out
         frames.t_start = math.inf  # freeze
@@ -721,12 +738,22 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
             writer.close()
     return _summarise(frames, specs, outlets, w0, w1, a0, a1, i0, i1, seconds,
                       cpu=(cpu1 - cpu0) / (wall1 - wall0), setup_s=setup_s,
+                      machine=_machine_share(ticks0, ticks1),
                       outlet_stats=outlet_stats, stamps=stamps, chunks=chunks)
+
+
+def _machine_share(t0, t1) -> dict[str, Any] | None:
+    """Busy and stolen shares of the machine's CPU time between two _machine_ticks()."""
+    if t0 is None or t1 is None or t1[2] <= t0[2]:
+        return None
+    span = t1[2] - t0[2]
+    return {"busy_pct": _r(100 * (t1[0] - t0[0]) / span, 1),
+            "steal_pct": _r(100 * (t1[1] - t0[1]) / span, 1)}
 
 
 def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1,
                seconds: float, *, cpu: float, setup_s: float, outlet_stats, stamps,
-               chunks) -> dict:
+               chunks, machine) -> dict:
     rows = frames.rows
     hop_ms = 1e3 * HOP
     by_stream: dict[str, list[tuple]] = {s["source_id"]: [] for s in specs}
@@ -797,7 +824,8 @@ def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1
                            "max": int(np.max(counts)) if len(counts) else None},
             "worst_stream": {k: worst[k] for k in ("stream", "total_p99_ms", "rate_hz")},
             "streams": per_stream,
-            "cpu_main_process_cores": _r(cpu, 2), "setup_s": _r(setup_s, 2),
+            "cpu_main_process_cores": _r(cpu, 2), "machine_cpu": machine,
+            "setup_s": _r(setup_s, 2),
             "acquisition_per_pull_us": _chunk_costs(chunks),
             "outlets": {"processes": len(outlets.procs), "stamps": stamps,
                         "stats": outlet_stats}}
@@ -850,6 +878,7 @@ def cmd_latency(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_ms": live["latency_ms"], "decoder_alone_ms": floor,
                 "realtime": live["realtime"], "stream_stats": live["streams"][0],
                 "cpu_main_process_cores": live["cpu_main_process_cores"],
+                "machine_cpu": live["machine_cpu"],
                 "acquisition_per_pull_us": live["acquisition_per_pull_us"],
                 "outlet": live["outlets"]["stats"][0] if live["outlets"]["stats"] else None,
                 "row_s": _r(time.perf_counter() - t, 1)}
@@ -921,6 +950,7 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
                     "stages_p99_ms": {k: (v or {}).get("p99")
                                       for k, v in live["latency_ms"].items()},
                     "cpu_main_process_cores": live["cpu_main_process_cores"],
+                    "machine_cpu": live["machine_cpu"],
                     "outlet_processes": live["outlets"]["processes"],
                     "outlet_late_ms": [s.get("late_ms") for s in live["outlets"]["stats"]],
                     "outlet_cpu_s": [s.get("cpu_s") for s in live["outlets"]["stats"]],
@@ -929,7 +959,8 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
                 step["streams"] = live["streams"]
             out["steps"].append(step)
             print(f"[capacity] N={n}: {'real time' if live['realtime'] else 'NOT real time'}"
-                  f", p99 {step['total_ms']['p99']} ms {step['why_not'][:2]}", file=sys.stderr,
+                  f", p99 {step['total_ms']['p99']} ms, machine {live['machine_cpu']} "
+                  f"{step['why_not'][:2]}", file=sys.stderr,
                   flush=True)
             if live["realtime"]:
                 if failures == 0:

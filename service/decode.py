@@ -160,7 +160,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     from models.checkpoint import load_checkpoint
     from models.export import ONNX_NAME
     from models.gallery import Gallery
-    from service.worker import Decoder, Worker
+    from service.worker import Decoder, Worker, freeze_heap
     from streaming.session_log import SessionWriter
 
     if not streams:
@@ -226,6 +226,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    freeze_heap()  # no 100 ms garbage-collector pauses once decoding
     start = time.monotonic()
     worker.start()
     echo(f"glimpse decode: {', '.join(streams)} -> {folder}/ ({backend} on {device}, "

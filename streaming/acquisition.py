@@ -375,7 +375,11 @@ class StreamAcquisition:
                     continue
                 self._pull_once()
             # What arrived before stop() is acquired (and recorded) too: a pull waits
-            # for a whole window's samples, so up to a hop may sit in the inlet.
+            # for a whole window's samples, so up to a hop may sit in the inlet. The
+            # markers thread stops first, so the samples of its last markers are in.
+            markers = self._marker_thread
+            if markers is not None:
+                markers.join(1.0)
             while self._inlet is not None and self._pull_once(wait=False):
                 pass
         except Exception:  # a bug must not kill acquisition silently

@@ -22,7 +22,7 @@ from models.baselines import RidgeBaseline
 from models.brain_encoder import BrainEncoder, BrainEncoderConfig, export_onnx
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.gallery import Gallery
-from service.worker import STAGES, Decoder, Worker
+from service.worker import STAGES, Decoder, Worker, freeze_heap
 from streaming.errors import InputError
 from streaming.preprocess import PreprocessConfig
 from streaming.window import Window
@@ -481,3 +481,17 @@ def test_lifecycle(decoder):
     assert time.monotonic() - t0 < 1
     with pytest.raises(InputError, match="max_batch a positive integer"):
         Worker(decoder, session="x", max_batch=0)
+
+
+def test_freeze_heap_exempts_the_setup_from_collections():
+    import gc
+
+    try:
+        freeze_heap()
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000  # torch, onnxruntime, numpy, the test's own objects
+        t = time.perf_counter()
+        gc.collect()
+        assert time.perf_counter() - t < 0.05  # the frozen heap is not walked
+    finally:
+        gc.unfreeze()
