@@ -46,7 +46,11 @@ naive amplifier apps do; acquisition may then see gaps). Each stream has a
 SAMPLE_INDEX channel (checked end to end: no sample lost or duplicated) and a
 ``<name>-markers`` stream (one marker per second), as ``glimpse replay`` gives.
 ``--first-chunk`` shortens each outlet's first chunk, which shifts every chunk
-boundary against the window grid: it shows what ``chunk_wait`` costs.
+boundary against the window grid; with ``--grid fixed`` it shows what
+``chunk_wait`` costs, with ``--grid chunks`` (the default, as ``glimpse decode``)
+that the grid follows the chunks. Every row and step also reports the machine's
+busy and stolen CPU share over the measured span (``machine_cpu``, from
+/proc/stat): on a shared VM a slow step with a high steal was the host's doing.
 
 Models are built in code with random weights (same cost as trained ones):
 default sizes of ``glimpse train`` (hidden 96, 64 spatial channels, 256-d
@@ -687,6 +691,7 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
     on_frame = [frames] + ([writer.write_frame] if writer is not None else [])
     worker = Worker(decoder, session="bench", max_batch=max(1, len(specs)), truth=truth,
                     on_frame=on_frame)
+    freeze_heap()  # as glimpse decode does, before any stream flows
     outlets.start()
     t_setup = time.perf_counter()
     try:
@@ -713,7 +718,6 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
             acq._profile = []
             acqs[s["source_id"]] = acq.start()
         outlets.wait_started()
-        freeze_heap()  # as glimpse decode does
         setup_s = time.perf_counter() - t_setup
         time.sleep(warmup)
         w0, a0 = worker.stats(), {k: a.stats() for k, a in acqs.items()}

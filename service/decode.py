@@ -209,6 +209,10 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     worker = Worker(decoder, session=folder.name, truth=truth, queue_size=QUEUE_SIZE,
                     on_frame=[writer.write_frame, live.on_frame],
                     max_batch=QUEUE_SIZE * len(streams))
+    # Before any stream flows: no 100 ms garbage-collector pauses once decoding, and
+    # the worker takes the first windows (the backlog of the first pulls) at once.
+    freeze_heap()
+    worker.start()
     try:
         for name in streams:
             acq = _acquisition(name, ckpt, writer, worker, hop=hop, allow_missing=allow_missing,
@@ -217,6 +221,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     except BaseException:
         for acq in acquisitions:
             acq.stop()
+        worker.stop()
         writer.close()
         if record is None and not acquisitions:  # nothing recorded: leave no empty session
             shutil.rmtree(folder, ignore_errors=True)
@@ -226,9 +231,7 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    freeze_heap()  # no 100 ms garbage-collector pauses once decoding
     start = time.monotonic()
-    worker.start()
     echo(f"glimpse decode: {', '.join(streams)} -> {folder}/ ({backend} on {device}, "
          f"{ckpt.model_name}, gallery of {len(gal)}); Ctrl-C stops")
     try:

@@ -382,9 +382,8 @@ def freeze_heap() -> None:
     Call it when a live session is set up (models, gallery, threads). With torch, MNE
     and onnxruntime loaded the heap holds ~230,000 container objects, and a full
     collection walks them all under the GIL: ~125 ms during which no acquisition or
-    decoding thread runs, a stall that landed in the p99 latency every ~10 s at 12-16
-    MEG streams. Frozen (``gc.freeze``), a full collection sees only what the session
-    allocates since: ~1 ms.
+    decoding thread runs, longer than the 50 ms hop. Frozen (``gc.freeze``), a full
+    collection sees only what the session allocates since: ~1 ms.
     """
     gc.collect()
     gc.freeze()

@@ -600,6 +600,7 @@ class StreamAcquisition:
             logger.info("%s: no regular chunk ends in %d pulls; window grid kept",
                         self.stream_id, len(self._probe))
             return
+
         def wait(shift: int) -> int:  # input samples from a window's newest to a chunk end
             newest = (self._next_end - 1 + shift) * pre.down // pre.up
             return int(((ends - (newest - ref)) % hop_in).min())
