@@ -1087,7 +1087,8 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
         try:
             summary = run_decode([name], ckpt, gallery, record=session, duration=args.seconds,
                                  backend=args.backend, onnx=onnx, device=args.device,
-                                 threads=args.threads, resolve_timeout=30.0, echo=echo)
+                                 threads=args.threads, grid=args.grid, resolve_timeout=30.0,
+                                 echo=echo)
         finally:
             started.set()
             done.set()
