@@ -585,13 +585,12 @@ class StreamAcquisition:
         several); its last sample is a chunk end. Their phases in the hop repeat; the
         grid moves so the newest input of a window is at or just before the nearest.
         """
-        pre, hop_in = self._pre, self._hop_in
-        settle = int(_SETTLE_S * self.sfreq)
-        if pre.n_samples_in <= settle:
+        if not self._probing():
             return
+        pre, hop_in = self._pre, self._hop_in
         ref = (self.n_times - 1) * pre.down // pre.up  # newest input of the epoch's first window
         self._probe.append((pre.n_samples_in - 1 - ref) % hop_in)
-        if pre.n_samples_in < settle + _PROBE_S * self.sfreq or len(self._probe) < 10:
+        if pre.n_samples_in < (_SETTLE_S + _PROBE_S) * self.sfreq or len(self._probe) < 10:
             return
         counts = np.bincount(self._probe, minlength=hop_in)
         ends = np.flatnonzero(counts >= max(2, 0.1 * len(self._probe)))
