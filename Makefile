@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(BIN)/glimpse demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache glimpse-demo

@@ -2,8 +2,8 @@
 
 For each modality (the DEFAULT ``glimpse simulate`` MEG and EEG sessions, simulated
 once into ``--cache``), train the brain encoder, the ridge baseline and the
-braindecode peers (ShallowFBCSPNet, EEGNet) through ``models.train`` (default
-``TrainConfig`` but the model), evaluate each with ``models.evaluate`` (retrieval
+braindecode peers (ShallowFBCSPNet, EEGNet) through ``glimpse.models.train`` (default
+``TrainConfig`` but the model), evaluate each with ``glimpse.models.evaluate`` (retrieval
 among the unseen test images, headline window at the best VALIDATION offset), and
 report single-trial and repeat-averaged top-1/top-5, chance, the model's noise-free
 ceiling and training time (wall time of ``train()``: fitting, validation,
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from models.data import load_session
-from models.evaluate import evaluate
-from models.train import TrainConfig, train
-from streaming.simulate import SimulationConfig, simulate_session
+from glimpse.models.data import load_session
+from glimpse.models.evaluate import evaluate
+from glimpse.models.train import TrainConfig, train
+from glimpse.streaming.simulate import SimulationConfig, simulate_session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,10 @@ def linear_task_ceiling(checkpoint_dir: Path, data, cache: Path) -> dict:
     import numpy as np
     from sklearn.linear_model import RidgeCV
 
-    from models.checkpoint import load_checkpoint
-    from models.data import EVAL_OFFSETS, image_targets
-    from models.evaluate import clean_windows, retrieval_metrics
-    from streaming.simulate import clean_responses
+    from glimpse.models.checkpoint import load_checkpoint
+    from glimpse.models.data import EVAL_OFFSETS, image_targets
+    from glimpse.models.evaluate import clean_windows, retrieval_metrics
+    from glimpse.streaming.simulate import clean_responses
 
     ckpt = load_checkpoint(checkpoint_dir)
     targets = image_targets(data, ckpt.embedder_name, cache_dir=cache / "embeddings", progress=False)

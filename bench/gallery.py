@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from models.gallery import Gallery
+from glimpse.models.gallery import Gallery
 
 
 def make_gallery(n: int, dim: int, seed: int = 0) -> Gallery:

@@ -1,10 +1,10 @@
 """Real-time benchmarks of the live path (latency, capacity, soak); each prints JSON.
 
 One window's path, wired as ``glimpse decode`` wires it: a pylsl outlet in ANOTHER
-process -> :class:`~streaming.acquisition.StreamAcquisition` (pull into the ring,
+process -> :class:`~glimpse.streaming.acquisition.StreamAcquisition` (pull into the ring,
 the checkpoint's online preprocessing, 250 ms windows every 50 ms, markers
-followed) -> :class:`~service.worker.Worker` (bounded per-stream queues, one batch
-across streams) -> :class:`~service.worker.Decoder` (brain encoder in torch or
+followed) -> :class:`~glimpse.service.worker.Worker` (bounded per-stream queues, one batch
+across streams) -> :class:`~glimpse.service.worker.Decoder` (brain encoder in torch or
 onnxruntime, exact cosine top-5 over a 10,000-image gallery) -> frame.
 
 Every latency is read from the frames themselves: ``latency_ms.total`` = the
@@ -110,7 +110,7 @@ KINDS = {
             "amplitude": 2e-5},
 }
 SIZES = {
-    # models.train._DEFAULT_SIZES, the default embedder (handcrafted, 256-d)
+    # glimpse.models.train._DEFAULT_SIZES, the default embedder (handcrafted, 256-d)
     "default": {"embed_dim": 256, "embedder": "handcrafted"},
     # BrainEncoderConfig's own defaults are the paper's (THINGS-MEG, D = 768)
     "paper": {"embed_dim": 768, "embedder": "open_clip:ViT-L-14:random",
@@ -195,7 +195,7 @@ def montage(kind: str) -> tuple[list[str], np.ndarray]:
     """Channel names and 2-D positions in [0, 1]^2: CTF-275's first 272 sensors, or biosemi64."""
     import mne
 
-    from models.brain_encoder import sensor_positions_2d
+    from glimpse.models.brain_encoder import sensor_positions_2d
 
     if kind == "meg":
         info = mne.channels.read_meg_canonical_info("ctf275")
@@ -218,9 +218,9 @@ def build_checkpoint(folder: Path, names: list[str], positions: np.ndarray, prep
     """A brain-encoder checkpoint with random weights, written with save_checkpoint."""
     import torch
 
-    from models.brain_encoder import BrainEncoder, BrainEncoderConfig
-    from models.checkpoint import save_checkpoint
-    from models.train import _DEFAULT_SIZES
+    from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig
+    from glimpse.models.checkpoint import save_checkpoint
+    from glimpse.models.train import _DEFAULT_SIZES
 
     spec = SIZES[size]
     arch = dict(_DEFAULT_SIZES) if size == "default" else {
@@ -254,7 +254,7 @@ def build_gallery(path: Path, size: str, seed: int = 0) -> Path:
     """10,000 random unit vectors of the checkpoint's dimension and embedder, saved."""
     import torch
 
-    from models.gallery import Gallery
+    from glimpse.models.gallery import Gallery
 
     spec = SIZES[size]
     e = torch.randn(GALLERY_SIZE, spec["embed_dim"], generator=torch.Generator().manual_seed(seed))
@@ -283,7 +283,7 @@ class Models:
     def checkpoint(self, kind: str, size: str) -> Path:
         key = (kind, size)
         if key not in self._ckpt:
-            from streaming.preprocess import PreprocessConfig, fit_scaler
+            from glimpse.streaming.preprocess import PreprocessConfig, fit_scaler
 
             t = time.perf_counter()
             names, positions = self.montage(kind)
@@ -310,7 +310,7 @@ class Models:
     def onnx(self, kind: str, size: str) -> Path:
         key = (kind, size)
         if key not in self._onnx:
-            from models.export import export_checkpoint_onnx
+            from glimpse.models.export import export_checkpoint_onnx
 
             t = time.perf_counter()
             path = self.root / f"model-{kind}-{size}.onnx"
@@ -323,9 +323,9 @@ class Models:
 def make_decoder(models: Models, kind: str, size: str, backend: str, device: str,
                  threads: int | None, warmup=(1,)):
     """``(checkpoint, decoder)`` through the real loaders, as glimpse decode makes them."""
-    from models.checkpoint import load_checkpoint
-    from models.gallery import Gallery
-    from service.worker import Decoder
+    from glimpse.models.checkpoint import load_checkpoint
+    from glimpse.models.gallery import Gallery
+    from glimpse.service.worker import Decoder
 
     import torch
 
@@ -365,7 +365,7 @@ def decoder_floor(decoder, n_calls: int) -> dict[str, Any]:
 def _floor(decoder, n_calls: int, gap: float) -> dict[str, Any]:
     import pylsl
 
-    from streaming.window import Window
+    from glimpse.streaming.window import Window
 
     rng = np.random.default_rng(0)
     data = rng.standard_normal((decoder.n_chans, decoder.n_times)).astype(np.float32)
@@ -670,8 +670,8 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
     """Outlets for ``specs`` -> one acquisition each -> one worker; measure ``seconds``."""
     import pylsl
 
-    from service.worker import Worker, freeze_heap
-    from streaming.acquisition import StreamAcquisition
+    from glimpse.service.worker import Worker, freeze_heap
+    from glimpse.streaming.acquisition import StreamAcquisition
 
     outlets = Outlets(specs, root, chunk_ms=chunk_ms, stamps=stamps, per_process=per_process,
                       first_chunk=first_chunk, wait_consumers_s=60.0 + 2.0 * len(specs))
@@ -680,7 +680,7 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
     acqs: dict[str, StreamAcquisition] = {}
     writer = None
     if record:
-        from streaming.session_log import SessionWriter
+        from glimpse.streaming.session_log import SessionWriter
 
         writer = SessionWriter(root / f"session-{uuid.uuid4().hex[:8]}")
 
@@ -996,10 +996,10 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
 
 def _soak_checkpoint(recording: Path, root: Path, size: str) -> tuple[Path, Path, dict]:
     """A checkpoint on the recording's montage, its scaler fitted on the recording itself."""
-    from models.brain_encoder import sensor_positions_2d
-    from streaming.errors import InputError
-    from streaming.preprocess import PreprocessConfig, fit_scaler
-    from streaming.recordings import open_recording
+    from glimpse.models.brain_encoder import sensor_positions_2d
+    from glimpse.streaming.errors import InputError
+    from glimpse.streaming.preprocess import PreprocessConfig, fit_scaler
+    from glimpse.streaming.recordings import open_recording
 
     rec = open_recording(recording, check_stimuli=False)
     raw = rec.raw
@@ -1025,7 +1025,7 @@ def _slope_per_min(t: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
-    from service.decode import run_decode
+    from glimpse.service.decode import run_decode
 
     recording = Path(args.recording).expanduser()
     if not recording.exists():
@@ -1038,13 +1038,13 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
         ckpt, gallery, rec_info = _soak_checkpoint(recording, root, args.size)
         onnx = None
         if args.backend == "onnx":
-            from models.export import export_checkpoint_onnx
+            from glimpse.models.export import export_checkpoint_onnx
 
             onnx = root / "model.onnx"
             export_checkpoint_onnx(ckpt, onnx)
         name, sid = f"bench-soak-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
         replay = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "replay", str(recording), "--name", name,
+            [sys.executable, "-m", "glimpse.service.cli", "replay", str(recording), "--name", name,
              "--source-id", sid, "--loop", "--index-channel", "--speed", str(args.speed),
              "--chunk-ms", str(args.chunk_ms)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))

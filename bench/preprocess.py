@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from streaming.preprocess import OnlinePreprocessor, PreprocessConfig
+from glimpse.streaming.preprocess import OnlinePreprocessor, PreprocessConfig
 
 
 def measure(n_chans: int, sfreq: float, chunk: int, n_chunks: int, warmup: int = 200) -> dict:

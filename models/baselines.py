@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.brain_encoder import BrainEncoder, _dataclass_from_dict
-from streaming.errors import InputError
+from .brain_encoder import BrainEncoder, _dataclass_from_dict
+from glimpse.streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.models.baselines")
 

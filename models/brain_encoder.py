@@ -68,8 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.blocks import Conv1d, ConvBlock, MLPHead, SpatialAttention, SubjectLayer
-from streaming.errors import InputError
+from .blocks import Conv1d, ConvBlock, MLPHead, SpatialAttention, SubjectLayer
+from glimpse.streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.models.brain_encoder")
 
@@ -127,7 +127,7 @@ class BrainEncoderConfig:
         if pos.shape != (self.n_chans, 2):
             raise InputError(f"positions of shape (n_chans={self.n_chans}, 2)",
                              f"shape {pos.shape if pos.size else 'ragged or empty'}",
-                             "build them with models.brain_encoder.sensor_positions_2d(info, ch_names)")
+                             "build them with glimpse.models.brain_encoder.sensor_positions_2d(info, ch_names)")
         self.positions = pos.tolist()
         for name in ("kernel_size", "glu_kernel"):
             value = getattr(self, name)
@@ -149,7 +149,7 @@ class BrainEncoderConfig:
             bad = int(np.flatnonzero(~(np.isfinite(pos).all(1) & (pos >= 0).all(1) & (pos <= 1).all(1)))[0])
             raise InputError("sensor positions finite and inside [0, 1]^2",
                              f"{self.ch_names[bad]!r} at {self.positions[bad]}",
-                             "build them with models.brain_encoder.sensor_positions_2d(info, ch_names)")
+                             "build them with glimpse.models.brain_encoder.sensor_positions_2d(info, ch_names)")
         minimum = min_n_times(self.n_blocks, self.kernel_size)
         if self.n_times < minimum:
             raise InputError(

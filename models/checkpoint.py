@@ -39,7 +39,6 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from streaming.errors import InputError
-from streaming.preprocess import PreprocessConfig
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import PreprocessConfig
+from glimpse.streaming.version import glimpse_version
 
 logger = logging.getLogger("glimpse.models.checkpoint")
 
@@ -211,7 +211,7 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, meta: Mapping[str,
     name, model_config, tensors = _model_parts(model)
     config = {
         "format": FORMAT, "version": VERSION,
-        "glimpse_version": _version(),
+        "glimpse_version": glimpse_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": name, "config": model_config},
         "channels": {"names": list(meta["ch_names"]),
@@ -253,7 +253,7 @@ def _model_parts(model: Any) -> tuple[str, dict[str, Any], dict[str, torch.Tenso
     if not isinstance(model, nn.Module) or not name or not hasattr(model, "get_config"):
         raise InputError("a glimpse model (an nn.Module with .name and .get_config(), or a "
                          "RidgeBaseline)", type(model).__name__,
-                         "save a model built by models.baselines.build_model")
+                         "save a model built by glimpse.models.baselines.build_model")
     # Copies: safetensors refuses tensors that share memory (views, tied weights).
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     return name, model.get_config(), tensors
@@ -278,11 +278,6 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def _version() -> str:
-    try:
-        return metadata.version("glimpse")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # --------------------------------------------------------------------------- load

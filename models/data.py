@@ -55,9 +55,9 @@ import mne
 import numpy as np
 from tqdm import tqdm
 
-from streaming.errors import InputError
-from streaming.preprocess import OnlinePreprocessor, PreprocessConfig, fit_scaler
-from streaming.recordings import EventColumns, Trial, open_recording, read_things_eeg2
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import OnlinePreprocessor, PreprocessConfig, fit_scaler
+from glimpse.streaming.recordings import EventColumns, Trial, open_recording, read_things_eeg2
 
 logger = logging.getLogger("glimpse.models.data")
 
@@ -446,7 +446,7 @@ def image_targets(session: SessionData, embedder: Any, *, cache_dir: str | os.Pa
                   = None, progress: bool = True) -> np.ndarray:
     """``float32 (len(session.images), dim)``: the embedding of each stimulus image.
 
-    ``embedder`` is an ``ImageEmbedder`` or a spec for ``models.embedders.load_embedder``.
+    ``embedder`` is an ``ImageEmbedder`` or a spec for ``glimpse.models.embedders.load_embedder``.
     """
     if isinstance(embedder, str):
         from .embedders import load_embedder
@@ -485,7 +485,7 @@ def load_session(
     ``session``, ``task``, ``run``), one recording file, or a THINGS-EEG2 root or
     subject folder (detected by its ``Preprocessed_data*`` or
     ``preprocessed_eeg_training.npy``; those files are pickles, see
-    :func:`streaming.recordings.read_things_eeg2`). ``preprocess`` picks channels and
+    :func:`glimpse.streaming.recordings.read_things_eeg2`). ``preprocess`` picks channels and
     filters (default ``PreprocessConfig()``); its scaler is refitted here on
     the training trials. The other keywords go to :func:`open_recording`; for
     THINGS-EEG2, ``stim_root`` is the ``image_set`` folder (default: found beside the data).

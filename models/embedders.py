@@ -3,7 +3,7 @@
 An embedder maps images to float32 vectors ``(N, dim)``; brain encoders are trained to
 predict them and galleries are searched with them. Every embedder is named by a spec
 string (:func:`load_embedder`), and that canonical name travels with galleries and
-checkpoints so that a mismatch is caught (:meth:`models.gallery.Gallery.check_embedder`).
+checkpoints so that a mismatch is caught (:meth:`glimpse.models.gallery.Gallery.check_embedder`).
 
 - ``handcrafted`` (``handcrafted:dim=128``): no weights, CPU, deterministic. Blocks of
   classic features, each centred, L2-normalised and weighted by a fixed constant (never by
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.models.embedders")
 

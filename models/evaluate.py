@@ -32,7 +32,7 @@ What is measured (``evaluate(checkpoint, data)``, ``glimpse evaluate CKPT DATA``
   chance (``pre_onset`` reports the check); a window "ending at t" holds the
   causal filters' output up to t, exactly as live.
 - **Oracle ceiling** (simulated data only). Each test image's noise-free sensor
-  response (``streaming.simulate.clean_responses``) is placed in a silent
+  response (``glimpse.streaming.simulate.clean_responses``) is placed in a silent
   recording, run through the checkpoint's own preprocessing (the same causal
   ``OnlinePreprocessor``, with the checkpoint's fitted scaler), cut into the same
   windows and decoded by the same model: what this model achieves without noise.
@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from streaming.errors import InputError
-from streaming.preprocess import OnlinePreprocessor
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import OnlinePreprocessor
 
 from .checkpoint import Checkpoint, channel_index, json_ready, load_checkpoint
 from .data import SessionData, cut_windows, fixed_windows, image_targets, load_session, window_ends
@@ -489,7 +489,7 @@ def evaluate(checkpoint: Any, data: SessionData | str | os.PathLike, *,
              progress: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test trials of ``data``; see the module docstring.
 
-    ``checkpoint``: a :class:`models.checkpoint.Checkpoint` or its folder. ``data``: a
+    ``checkpoint``: a :class:`glimpse.models.checkpoint.Checkpoint` or its folder. ``data``: a
     :class:`SessionData` (preprocessed as the checkpoint was) or a dataset path (loaded
     with the checkpoint's channels and filters; ``subjects`` selects BIDS subjects).
     ``offset``: the headline window's end (s after onset); leave it None to take the
@@ -709,7 +709,7 @@ def clean_windows(ckpt, clean, image_path: str, offsets: Sequence[float]) -> np.
 def _ceiling(ckpt, data: SessionData, test: np.ndarray, cand_rows: np.ndarray,
              candidates: np.ndarray, headline: float, curve_offsets: Sequence[float],
              kw: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    from streaming.simulate import clean_responses
+    from glimpse.streaming.simulate import clean_responses
 
     root = Path(data.source)
     reason = _is_simulated(root)

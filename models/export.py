@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 from .brain_encoder import export_onnx
 from .checkpoint import load_checkpoint

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 from .embedders import IMAGE_SUFFIXES, ImageEmbedder, embedding_space
+from glimpse.streaming.version import glimpse_version
 
 logger = logging.getLogger("glimpse.models.gallery")
 
@@ -39,13 +40,6 @@ QUERY_CHUNK = 256  # queries scored at once: at most 256 x 65,536 x 4 B = 64 MiB
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 
 
-def _glimpse_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("glimpse")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def gallery_files(path: str | Path) -> tuple[Path, Path]:
@@ -148,7 +142,7 @@ class Gallery:
         sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "embedder": self.embedder,
                    "dim": self.dim, "n": len(self), "ids": list(self.ids), "paths": list(self.paths),
                    "hashes": list(self.hashes),
-                   "created_with": {"glimpse": _glimpse_version(), "torch": torch.__version__}}
+                   "created_with": {"glimpse": glimpse_version(), "torch": torch.__version__}}
         tmp_json = sidecar_path.with_name(sidecar_path.name + ".tmp")
         tmp_json.write_text(json.dumps(sidecar, indent=1))
         # Both files land only when both are complete.

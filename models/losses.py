@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 __all__ = ["CLIP_MAX_SCALE", "ClipLoss", "DecodingLoss", "LOSSES", "clip_loss", "mse_loss"]
 

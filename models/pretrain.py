@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from models.brain_encoder import TRUNK_MODULES, BrainEncoder, BrainEncoderConfig
-from streaming.errors import InputError
+from .brain_encoder import TRUNK_MODULES, BrainEncoder, BrainEncoderConfig
+from glimpse.streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.models.pretrain")
 
@@ -186,7 +186,7 @@ def pretrain_session(session: Any, config: PretrainConfig, out_dir: str | os.Pat
     """``glimpse pretrain``: pretrain a brain encoder's trunk on a loaded session, unlabeled.
 
     Windows of ``window_s`` are cut at seeded random positions from every run of
-    ``session`` (a :class:`models.data.SessionData`), as many as fit end to end in
+    ``session`` (a :class:`glimpse.models.data.SessionData`), as many as fit end to end in
     the run; labels and splits are not used (self-supervision, as in MinD-Vis). The
     trunk has the sizes ``glimpse train`` uses by default unless ``model_options``
     says otherwise. Writes ``trunk.safetensors`` and ``config.json`` (the model's

@@ -1,24 +1,24 @@
 """``glimpse train``'s engine: one decoder across subjects, early-stopped, calibrated, saved.
 
-:func:`train` takes a loaded :class:`~models.data.SessionData` and a
-:class:`TrainConfig`, and writes a checkpoint directory (``models.checkpoint``)
+:func:`train` takes a loaded :class:`~glimpse.models.data.SessionData` and a
+:class:`TrainConfig`, and writes a checkpoint directory (``glimpse.models.checkpoint``)
 with ``figures/training.png`` and ``figures/reliability.png``.
 
 - **Data.** Streaming-ready stimulus windows (``window_s``, 0.25 s; ends 0.15-0.8 s
-  after onset) redrawn every epoch by :class:`~models.data.WindowSampler` from the
+  after onset) redrawn every epoch by :class:`~glimpse.models.data.WindowSampler` from the
   training concepts' trials; "nothing new" windows train the confidence head.
   Validation: deterministic windows of WHOLE held-out training concepts
   (``val_concept_fraction``); test trials are never touched.
 - **Models.** ``brain_encoder`` (subject layers: one model across subjects),
   braindecode peers (``shallow_fbcsp``, ``eegnet``) through
-  ``models.baselines.build_model``, and ``ridge`` (closed form, same entry point).
-- **Objective.** :class:`models.losses.DecodingLoss` (``clip``,
+  ``glimpse.models.baselines.build_model``, and ``ridge`` (closed form, same entry point).
+- **Objective.** :class:`glimpse.models.losses.DecodingLoss` (``clip``,
   ``clip_symmetric``, ``mse``, ``mix``); Adam or AdamW; early stopping on the
   validation top-5 retrieval among the validation images (or the validation loss),
   keeping the best state.
 - **Confidence.** A small confidence head, separate from the decoder: a logistic
   regression on per-channel statistics of the window
-  (:func:`models.checkpoint.window_stats`: log variance, mean, rise), trained on
+  (:func:`glimpse.models.checkpoint.window_stats`: log variance, mean, rise), trained on
   training-trial windows with a fresh image against "nothing new" windows (the
   fixation before an image). It is then Platt-scaled on validation windows
   (stimulus windows every 50 ms from 0.15 to 0.8 s after onset, nothing-new ones
@@ -69,7 +69,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 from .data import (EVAL_OFFSETS, NOTHING_OFFSETS, STIM_OFFSETS, SessionData, Splits, WindowSampler,
                    WindowSet, fixed_windows, image_targets, split_trials)
@@ -95,8 +95,8 @@ _EVAL_BATCH = 512
 class TrainConfig:
     """Everything :func:`train` needs besides the data; round-trips through JSON.
 
-    ``model`` in :data:`MODEL_NAMES`; ``embedder`` a ``models.embedders`` spec;
-    ``window_s`` the live window (s). ``loss`` in ``models.losses.LOSSES`` with
+    ``model`` in :data:`MODEL_NAMES`; ``embedder`` a ``glimpse.models.embedders`` spec;
+    ``window_s`` the live window (s). ``loss`` in ``glimpse.models.losses.LOSSES`` with
     ``mix_lambda`` for "mix". ``val_metric``: "top5" (retrieval among validation
     images; ties go to the lower loss) or "loss". ``patience``: epochs without
     improvement before stopping.

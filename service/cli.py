@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from streaming.errors import InputError
-from streaming.simulate import SimulationConfig
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.simulate import SimulationConfig
 
 logger = logging.getLogger("glimpse.service.cli")
 
@@ -84,7 +84,7 @@ def info(
 
       glimpse info ./bids --subject 01 --json
     """
-    from streaming.recordings import describe, format_description
+    from glimpse.streaming.recordings import describe, format_description
 
     options = dict(subject=subject, session=session, task=task, run=run, stim_root=stim_root,
                    mapping=mapping, stim_channel=stim_channel)
@@ -136,7 +136,7 @@ def simulate(
 
       glimpse simulate --out sim --subjects 1 --concepts 8 --exemplars 2
     """
-    from streaming.simulate import simulate_session
+    from glimpse.streaming.simulate import simulate_session
 
     config = SimulationConfig(
         modality=modality.value, subjects=subjects, concepts=concepts, exemplars=exemplars,
@@ -181,8 +181,8 @@ def gallery_build(
 
       glimpse gallery build sim/stimuli --root sim --out sim-gallery.safetensors
     """
-    from models.embedders import load_embedder
-    from models.gallery import build_gallery, gallery_files
+    from glimpse.models.embedders import load_embedder
+    from glimpse.models.gallery import build_gallery, gallery_files
 
     model = load_embedder(embedder, device=device, allow_random_init=allow_random_init)
     gallery = build_gallery(images, model, root=root, cache_dir=_cache_dir(cache_dir), progress=True)
@@ -193,7 +193,7 @@ def gallery_build(
 # --------------------------------------------------------------------------- train / evaluate
 
 def _load_data(data: Path, subjects: Optional[list[str]], stim_root: Optional[Path], preprocess=None):
-    from models.data import load_session
+    from glimpse.models.data import load_session
 
     return load_session(data, subjects=subjects or None, stim_root=stim_root, preprocess=preprocess,
                         progress=True)
@@ -228,7 +228,7 @@ def train(
 
       glimpse train glimpse-demo --out ckpt
     """
-    from models.train import TrainConfig, train as run_training
+    from glimpse.models.train import TrainConfig, train as run_training
 
     given = dict(model=model, embedder=embedder, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
                  window_s=window, seed=seed, init=str(init) if init else None, device=device,
@@ -257,7 +257,7 @@ def evaluate(
     levels, a time-resolved top-5 curve (-200..1000 ms) and, on simulated data, the
     noise-free ceiling.
     """
-    from models.evaluate import evaluate as run_evaluation, format_report
+    from glimpse.models.evaluate import evaluate as run_evaluation, format_report
 
     metrics = run_evaluation(checkpoint, data, n_way=n_way, subjects=subject or None,
                              cache_dir=_cache_dir(cache_dir), out_dir=out or checkpoint / "eval",
@@ -278,7 +278,7 @@ def pretrain(
     subject: Annotated[Optional[list[str]], typer.Option(help="BIDS subjects (repeat); default: all.")] = None,
 ) -> None:
     """Self-supervised masked-signal pretraining of the brain encoder's trunk (MinD-Vis, DreamDiffusion)."""
-    from models.pretrain import PretrainConfig, pretrain_session
+    from glimpse.models.pretrain import PretrainConfig, pretrain_session
 
     session = _load_data(data, subject, None)
     path = pretrain_session(session, PretrainConfig(mask_ratio=mask_ratio, epochs=epochs, seed=seed),
@@ -296,7 +296,7 @@ def export(
     The file takes a channel mask besides the window and the subject, so a live
     stream that lacks some channels can still be decoded.
     """
-    from models.export import ONNX_NAME, export_checkpoint_onnx
+    from glimpse.models.export import ONNX_NAME, export_checkpoint_onnx
 
     report = export_checkpoint_onnx(checkpoint, onnx or Path(checkpoint) / ONNX_NAME)
     typer.echo(json.dumps(report, indent=2))
@@ -330,7 +330,7 @@ def replay(
 
       glimpse replay sessions/2024-05-01 --speed 10 --loop
     """
-    from streaming.replay import format_summary, run_replay
+    from glimpse.streaming.replay import format_summary, run_replay
 
     stats = run_replay(recording, name=name, source_id=source_id, speed=speed, loop=loop,
                        chunk_ms=chunk_ms, index_channel=index_channel)
@@ -382,7 +382,7 @@ def decode(
 
       glimpse decode --stream meg --checkpoint glimpse-demo/model --gallery glimpse-demo/gallery/test --duration 60
     """
-    from service.decode import run_decode
+    from .decode import run_decode
 
     run_decode(stream, checkpoint, gallery, record=record, duration=duration,
                backend=backend.value, onnx=onnx, device=device, k=k, hop=hop,
@@ -410,7 +410,7 @@ def demo(
     (OUT/gallery/), then replays subject 01 as an LSL stream and decodes it
     live for --live seconds, printing a line per second. Prints a summary.
     """
-    from service.demo import run_demo
+    from .demo import run_demo
 
     typer.echo(run_demo(out, fresh=fresh, live=live, echo=typer.echo))
 

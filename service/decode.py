@@ -1,9 +1,9 @@
 """``glimpse decode``: acquisition + worker + session recording, in the terminal.
 
-One :class:`~streaming.acquisition.StreamAcquisition` per stream feeds one
-:class:`~service.worker.Worker`; everything acquired (raw samples with their LSL
+One :class:`~glimpse.streaming.acquisition.StreamAcquisition` per stream feeds one
+:class:`~glimpse.service.worker.Worker`; everything acquired (raw samples with their LSL
 timestamps, markers) and every decoded frame goes to the session folder as it
-happens (:mod:`streaming.session_log`, unbuffered writes). A line per second says
+happens (:mod:`glimpse.streaming.session_log`, unbuffered writes). A line per second says
 how it goes; a summary (also ``summary.json`` in the session folder) ends the run.
 
 Live accuracy: a frame "knows" its true stimulus when a marker came at most 1 s
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pylsl
 
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 logger = logging.getLogger("glimpse.service.decode")
 
@@ -157,11 +157,11 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     chunk ends, which saves up to a chunk of latency; ``fixed``: every hop from the
     first sample).
     """
-    from models.checkpoint import load_checkpoint
-    from models.export import ONNX_NAME
-    from models.gallery import Gallery
-    from service.worker import Decoder, Worker, freeze_heap
-    from streaming.session_log import SessionWriter
+    from glimpse.models.checkpoint import load_checkpoint
+    from glimpse.models.export import ONNX_NAME
+    from glimpse.models.gallery import Gallery
+    from .worker import Decoder, Worker, freeze_heap
+    from glimpse.streaming.session_log import SessionWriter
 
     if not streams:
         raise InputError("at least one --stream NAME", "none", "pass --stream with the LSL "
@@ -258,8 +258,8 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
 
 def _acquisition(name: str, ckpt, writer, worker, **options):
     """A started acquisition of stream ``name`` that records to ``writer`` and feeds ``worker``."""
-    from streaming.acquisition import StreamAcquisition
-    from streaming.lsl import channel_info
+    from glimpse.streaming.acquisition import StreamAcquisition
+    from glimpse.streaming.lsl import channel_info
 
     sinks: dict[str, Any] = {}
 

@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from streaming.errors import InputError
-from streaming.preprocess import PreprocessConfig, fit_scaler, preprocess_raw
-from streaming.recordings import open_recording
-from streaming.simulate import SimulationConfig, simulate_session
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import PreprocessConfig, fit_scaler, preprocess_raw
+from glimpse.streaming.recordings import open_recording
+from glimpse.streaming.simulate import SimulationConfig, simulate_session
 
 logger = logging.getLogger("glimpse.service.demo")
 
@@ -60,7 +60,7 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
     """Run the demo and return its summary as text.
 
     ``model``: also train, evaluate and build the gallery (``train_config``: a
-    ``models.train.TrainConfig``, default its defaults). ``live``: then replay
+    ``glimpse.models.train.TrainConfig``, default its defaults). ``live``: then replay
     subject 01 over LSL in real time for that many seconds and decode it live
     (``echo`` receives the live lines).
     """
@@ -100,11 +100,11 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
 
 def _live_lines(out: Path, seconds: float, echo: Any) -> list[str]:
     """`glimpse replay` of sub-01 in a subprocess, `glimpse decode` of it here."""
-    from service.decode import run_decode
+    from .decode import run_decode
 
     fif = next((out / "sub-01").rglob("*_meg.fif"), None) or next((out / "sub-01").rglob("*.vhdr"))
     name = f"glimpse-demo-{os.getpid()}"
-    replay = subprocess.Popen([sys.executable, "-m", "service.cli", "--quiet", "replay", str(fif),
+    replay = subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "--quiet", "replay", str(fif),
                                "--name", name, "--source-id", name],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     record = out / "sessions" / time.strftime("%Y%m%d-%H%M%S")
@@ -127,12 +127,12 @@ def _live_lines(out: Path, seconds: float, echo: Any) -> list[str]:
 
 def _model_lines(out: Path, train_config: Any) -> list[str]:
     """Train (once), evaluate (once) and build the test gallery (once); summary lines."""
-    from models.data import load_session
-    from models.embedders import load_embedder
-    from models.evaluate import evaluate, write_report
-    from models.export import ONNX_NAME, export_checkpoint_onnx
-    from models.gallery import Gallery, build_gallery, gallery_files
-    from models.train import TrainConfig, train
+    from glimpse.models.data import load_session
+    from glimpse.models.embedders import load_embedder
+    from glimpse.models.evaluate import evaluate, write_report
+    from glimpse.models.export import ONNX_NAME, export_checkpoint_onnx
+    from glimpse.models.gallery import Gallery, build_gallery, gallery_files
+    from glimpse.models.train import TrainConfig, train
 
     ckpt_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR
     config = train_config or TrainConfig()

@@ -2,7 +2,7 @@
 
 Two parts, following one window (ARCHITECTURE.md, "Real-time rules"):
 
-- :class:`Decoder`, the model side, no threads: a batch of :class:`~streaming.window.Window`
+- :class:`Decoder`, the model side, no threads: a batch of :class:`~glimpse.streaming.window.Window`
   -> the checkpoint's brain encoder (torch, or onnxruntime on an exported file) ->
   the retrieval head's embedding -> exact cosine top-k in the gallery, plus the
   checkpoint's confidence; one decoded frame (contract 5) per window.
@@ -43,10 +43,10 @@ import pylsl
 import torch
 from torch import nn
 
-from models.checkpoint import Checkpoint
-from models.gallery import Gallery
-from streaming.errors import InputError
-from streaming.window import Window
+from glimpse.models.checkpoint import Checkpoint
+from glimpse.models.gallery import Gallery
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.window import Window
 
 logger = logging.getLogger("glimpse.service.worker")
 
@@ -72,8 +72,8 @@ def default_image_url(image_id: str) -> str:
 class Decoder:
     """A loaded checkpoint and gallery, decoding batches of windows into frames.
 
-    Loads nothing itself: pass a :class:`~models.checkpoint.Checkpoint`
-    (``load_checkpoint``) and a :class:`~models.gallery.Gallery` (``Gallery.load``).
+    Loads nothing itself: pass a :class:`~glimpse.models.checkpoint.Checkpoint`
+    (``load_checkpoint``) and a :class:`~glimpse.models.gallery.Gallery` (``Gallery.load``).
 
     ``backend``: "torch" (the checkpoint's model under ``torch.inference_mode``) or
     "onnx" (onnxruntime on ``onnx_path``, written by ``glimpse export``; CUDA when
@@ -99,10 +99,10 @@ class Decoder:
                  image_url: Callable[[str], str] | None = None,
                  warmup: Sequence[int] = (1,)):
         if not isinstance(checkpoint, Checkpoint):
-            raise InputError("a loaded Checkpoint (models.checkpoint.load_checkpoint)",
+            raise InputError("a loaded Checkpoint (glimpse.models.checkpoint.load_checkpoint)",
                              type(checkpoint).__name__, "load it with load_checkpoint(DIR)")
         if not isinstance(gallery, Gallery):
-            raise InputError("a loaded Gallery (models.gallery.Gallery.load)",
+            raise InputError("a loaded Gallery (glimpse.models.gallery.Gallery.load)",
                              type(gallery).__name__, "load it with Gallery.load(FILE)")
         # The embedder's name and dimension must agree, naming both and the fix
         # (`glimpse gallery build ... --embedder <checkpoint's embedder>`).

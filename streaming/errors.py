@@ -14,3 +14,4 @@ class InputError(ValueError):
     def __init__(self, expected: str, got: str, fix: str):
         self.expected, self.got, self.fix = expected, got, fix
         super().__init__(f"expected {expected}; got {got}. Fix: {fix}")
+

@@ -2,7 +2,7 @@
 
 One entry point, :func:`open_recording`, for every file MNE reads (FIF, CTF
 ``.ds``, EDF, BDF, BrainVision, EEGLAB, ...), for BIDS datasets and for session
-folders recorded live (:mod:`streaming.session_log`, trials from their markers); a
+folders recorded live (:mod:`glimpse.streaming.session_log`, trials from their markers); a
 :class:`Recording` holds the raw data and its :class:`Trial` list. Trials come
 from one of three sources:
 

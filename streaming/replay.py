@@ -1,7 +1,7 @@
 """Replay a recording as a live LSL stream, with its stimuli on a markers stream beside it.
 
 ``glimpse replay`` and the tests use it to stand in for an amplifier. Anything
-:func:`streaming.recordings.open_recording` opens can be replayed: FIF, CTF,
+:func:`glimpse.streaming.recordings.open_recording` opens can be replayed: FIF, CTF,
 EDF, BDF, BrainVision, EEGLAB, BIDS (trials from events.tsv), simulated sessions
 and session folders recorded live.
 

@@ -27,7 +27,6 @@ import os
 import re
 import threading
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import mne
 import numpy as np
 
 from .errors import InputError
+from .version import glimpse_version
 
 logger = logging.getLogger("glimpse.streaming.session_log")
 
@@ -47,11 +47,6 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
 _GAP_PERIODS = 5
 
 
-def _version() -> str:
-    try:
-        return metadata.version("glimpse")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -150,7 +145,7 @@ class SessionWriter:
         self._write_session_json()
 
     def _write_session_json(self) -> None:
-        meta = {"version": VERSION, "created": self._created, "glimpse": _version(),
+        meta = {"version": VERSION, "created": self._created, "glimpse": glimpse_version(),
                 "streams": list(self._streams)}
         tmp = self.folder / "session.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")

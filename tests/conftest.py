@@ -31,7 +31,7 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def small_meg_session(tmp_path_factory):
     """A small simulated MEG session, written once per test run: (root, config, result)."""
-    from streaming.simulate import SimulationConfig, simulate_session
+    from glimpse.streaming.simulate import SimulationConfig, simulate_session
 
     # The test size ("--subjects 1 --concepts 8 --exemplars 2", under 15 s); small
     # images keep the stimuli cheap. Other sessions in the tests derive from it.

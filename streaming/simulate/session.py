@@ -9,7 +9,6 @@ import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import mne
@@ -26,6 +25,7 @@ from .noise import ARTEFACTS, NoiseStream, build_noise_model
 from .physics import COMPONENTS, MOMENTS, STIM_CHANNEL, WIDTHS, HeadModel, ResponseModel, build_head_model, build_response_model, sensor_info, source_groups
 from .stimuli import Stimulus, write_stimuli
 from .writer import BrainVisionWriter, Float32Store, block_slices, n_blocks, write_fif
+from ..version import glimpse_version
 
 logger = logging.getLogger("glimpse.streaming.simulate")
 
@@ -88,11 +88,6 @@ class SimulationResult:
         }
 
 
-def _version() -> str:
-    try:
-        return metadata.version("glimpse")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -120,7 +115,7 @@ def _write_dataset_files(root: Path, config: SimulationConfig, stimuli: list[Sti
         name=f"glimpse simulated THINGS-like {config.modality.upper()} session",
         dataset_type="raw",
         authors=["glimpse simulate"],
-        generated_by=[{"Name": "glimpse simulate", "Version": _version(), "Description": "physics-based MEG/EEG simulator"}],
+        generated_by=[{"Name": "glimpse simulate", "Version": glimpse_version(), "Description": "physics-based MEG/EEG simulator"}],
         overwrite=True,
         verbose=False,
     )
@@ -360,8 +355,8 @@ def simulate_session(config: SimulationConfig, out_dir: str | os.PathLike, overw
 
     simulation_json = root / "simulation.json"
     record = {
-        "generator": "glimpse simulate (streaming.simulate)",
-        "glimpse_version": _version(),
+        "generator": "glimpse simulate (glimpse.streaming.simulate)",
+        "glimpse_version": glimpse_version(),
         "mne_version": mne.__version__,
         "mne_bids_version": mne_bids.__version__,
         "seed": config.seed,
@@ -415,7 +410,7 @@ def _write_clean_index(root: Path, config: SimulationConfig, head: HeadModel, st
                 "Name": "noise-free evoked responses of the simulated session",
                 "BIDSVersion": "1.9.0",
                 "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "glimpse simulate", "Version": _version()}],
+                "GeneratedBy": [{"Name": "glimpse simulate", "Version": glimpse_version()}],
             },
             indent=2,
         )

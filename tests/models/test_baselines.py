@@ -11,16 +11,16 @@ import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-import models.baselines as baselines
-import models.brain_encoder as brain_encoder
-from models.baselines import (
+import glimpse.models.baselines as baselines
+import glimpse.models.brain_encoder as brain_encoder
+from glimpse.models.baselines import (
     BRAINDECODE_ARCHS,
     MODELS,
     BraindecodeEncoder,
     RidgeBaseline,
     build_model,
 )
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 
 # Tiny models: one torch thread (see tests/models/conftest.py).

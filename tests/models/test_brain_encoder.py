@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from models.blocks import Conv1d, SpatialAttention
-from models.brain_encoder import (
+from glimpse.models.blocks import Conv1d, SpatialAttention
+from glimpse.models.brain_encoder import (
     BrainEncoder,
     BrainEncoderConfig,
     export_onnx,
     sensor_positions_2d,
 )
-from streaming.errors import InputError
-from streaming.simulate.physics import sensor_info
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.simulate.physics import sensor_info
 
 PAPER_PARAMS = 6.4e6  # Benchetrit et al. 2023, brain module for THINGS-MEG
 

@@ -1,4 +1,4 @@
-"""models.checkpoint: round trips, and every bad checkpoint refused with a clear InputError."""
+"""glimpse.models.checkpoint: round trips, and every bad checkpoint refused with a clear InputError."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import RidgeBaseline
-from models.brain_encoder import BrainEncoder, BrainEncoderConfig
-from models.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_checkpoint,
+from glimpse.models.baselines import RidgeBaseline
+from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig
+from glimpse.models.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, check_compatible, load_checkpoint,
                                save_checkpoint, window_stats)
-from streaming.errors import InputError
-from streaming.preprocess import PreprocessConfig
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import PreprocessConfig
 
 N_CHANS, N_TIMES, DIM = 6, 30, 8
 NAMES = ["MLO11", "MLO12", "MRO11", "MRO12", "MZO01", "MRT52"]

@@ -1,16 +1,16 @@
-"""models.data: loading, windows, splits, and the refusals (NaN, one concept, channels)."""
+"""glimpse.models.data: loading, windows, splits, and the refusals (NaN, one concept, channels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.data import (EPOCH_SPAN, MIN_QUIET_S, NOTHING_OFFSETS, STIM_OFFSETS, WindowSampler,
+from glimpse.models.data import (EPOCH_SPAN, MIN_QUIET_S, NOTHING_OFFSETS, STIM_OFFSETS, WindowSampler,
                          _check_channels, cut_windows, epochs, fixed_windows, load_session,
                          split_trials, window_ends)
-from streaming.errors import InputError
-from streaming.preprocess import OnlinePreprocessor, PreprocessConfig, preprocess_raw
-from streaming.recordings import open_recording
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import OnlinePreprocessor, PreprocessConfig, preprocess_raw
+from glimpse.streaming.recordings import open_recording
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_session_shape_and_scaler(session, small_meg_session):
     raw = open_recording(root, subject="01").raw
     again = preprocess_raw(raw, session.preprocess)
     np.testing.assert_allclose(again, session.runs[0].data, atol=1e-4)
-    # Delay: the constant anti-alias FIR delay, not compensated (see models.data).
+    # Delay: the constant anti-alias FIR delay, not compensated (see glimpse.models.data).
     online = OnlinePreprocessor(session.preprocess, raw.info["sfreq"])
     assert session.group_delay == pytest.approx(online.group_delay)
 
@@ -60,7 +60,7 @@ def test_windows_land_relative_to_onset(session, small_meg_session):
     """Window content = the causal output at the window's times; the evoked peak lags the
     onset by the filters' delay (the model learns it), measured against the simulator's
     noise-free responses."""
-    from streaming.simulate import clean_responses
+    from glimpse.streaming.simulate import clean_responses
 
     root, config, _ = small_meg_session
     table = session.trials

@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from models import embedders
-from models.embedders import (EMBEDDERS, HandcraftedEmbedder, ImageEmbedder, OpenClipEmbedder,
+from glimpse.models import embedders
+from glimpse.models.embedders import (EMBEDDERS, HandcraftedEmbedder, ImageEmbedder, OpenClipEmbedder,
                               embedding_space, file_sha256, load_embedder)
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 TINY = "glimpse-tiny"
 TINY_CONFIG = {
@@ -64,7 +64,7 @@ def test_every_embedder_is_registered():
     registered = set(EMBEDDERS.values())
     missing = [c.__name__ for c in _subclasses(ImageEmbedder) if c not in registered
                and c.__module__.startswith("models.")]
-    assert not missing, f"register these in models.embedders.EMBEDDERS: {missing}"
+    assert not missing, f"register these in glimpse.models.embedders.EMBEDDERS: {missing}"
 
 
 def test_unknown_embedder_names_the_known_forms():

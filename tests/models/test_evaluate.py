@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import Checkpoint
-from models.data import fixed_windows, load_session
-from models.embedders import load_embedder
-from models.evaluate import (CURVE_OFFSETS, DEFAULT_OFFSET, clean_windows, cosine_scores, evaluate,
+from glimpse.models.checkpoint import Checkpoint
+from glimpse.models.data import fixed_windows, load_session
+from glimpse.models.embedders import load_embedder
+from glimpse.models.evaluate import (CURVE_OFFSETS, DEFAULT_OFFSET, clean_windows, cosine_scores, evaluate,
                              format_report, n_way_top1, pre_onset_check, relative_ranks,
                              retrieval_metrics, topk_accuracy)
-from streaming.errors import InputError
-from streaming.simulate import clean_responses
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.simulate import clean_responses
 
 WINDOW_S = 0.25
 
@@ -353,10 +353,10 @@ def test_unknown_subject_and_other_preprocessing(oracle, session, targets):
 
 
 def test_trained_checkpoint_folder_and_dataset_path(session, small_meg_session, tmp_path):
-    # The path the CLI takes: a checkpoint folder written by models.train and the BIDS
+    # The path the CLI takes: a checkpoint folder written by glimpse.models.train and the BIDS
     # root, loaded here with the checkpoint's preprocessing. A tiny brain encoder
     # trained for one epoch: what matters is the plumbing, not the figure.
-    from models.train import TrainConfig, train
+    from glimpse.models.train import TrainConfig, train
 
     root = small_meg_session[0]
     config = TrainConfig(model="brain_encoder", epochs=1, hidden=8, spatial_channels=8, n_blocks=1,

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models import gallery as gallery_module
-from models.embedders import file_sha256, load_embedder
-from models.gallery import Gallery, build_gallery, find_images, gallery_files
-from streaming.errors import InputError
+from glimpse.models import gallery as gallery_module
+from glimpse.models.embedders import file_sha256, load_embedder
+from glimpse.models.gallery import Gallery, build_gallery, find_images, gallery_files
+from glimpse.streaming.errors import InputError
 
 
 @pytest.fixture(scope="module")

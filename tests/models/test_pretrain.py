@@ -7,15 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.brain_encoder import BrainEncoder, BrainEncoderConfig
-from models.pretrain import (
+from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig
+from glimpse.models.pretrain import (
     PretrainConfig,
     ReconstructionHead,
     masked_reconstruction_loss,
     pretrain_trunk,
     random_patch_mask,
 )
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 SFREQ = 120.0
 

@@ -1,4 +1,4 @@
-"""models.losses and models.train: the objectives, end-to-end training, calibration, DDP."""
+"""glimpse.models.losses and glimpse.models.train: the objectives, end-to-end training, calibration, DDP."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.data import fixed_windows, load_session, split_trials
-from models.losses import ClipLoss, DecodingLoss, clip_loss, mse_loss
-from models.train import (TrainConfig, expected_calibration_error, platt_fit,
+from glimpse.models.checkpoint import load_checkpoint
+from glimpse.models.data import fixed_windows, load_session, split_trials
+from glimpse.models.losses import ClipLoss, DecodingLoss, clip_loss, mse_loss
+from glimpse.models.train import (TrainConfig, expected_calibration_error, platt_fit,
                           train)
-from streaming.errors import InputError
+from glimpse.streaming.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 # A brain encoder small enough for seconds on 2 cores, with the real architecture.
@@ -262,8 +262,8 @@ def test_train_refuses_a_single_concept(tmp_path):
 
 DDP_SCRIPT = """
 import hashlib, json, os, sys
-from models.data import load_session
-from models.train import TrainConfig, train
+from glimpse.models.data import load_session
+from glimpse.models.train import TrainConfig, train
 recording, mapping, out, config = sys.argv[1:5]
 session = load_session(recording, mapping=mapping, progress=False)
 result = train(session, TrainConfig(**json.loads(config)), out, progress=False)

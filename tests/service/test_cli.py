@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.cli import main
+from glimpse.service.cli import main
 
 COMMANDS = ["info", "simulate", "demo", "gallery", "gallery build", "train", "evaluate", "pretrain",
             "export", "replay", "decode"]
@@ -92,7 +92,7 @@ def test_simulate_then_info_on_the_bids_output(tmp_path, capsys):
 
 @pytest.mark.timeout(120)  # the shared fixture simulates the session first (~5 s)
 def test_gallery_build_then_load(small_meg_session, tmp_path, capsys):
-    from models.gallery import Gallery
+    from glimpse.models.gallery import Gallery
 
     root, _, _ = small_meg_session
     out = tmp_path / "gallery.safetensors"

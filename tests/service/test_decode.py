@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.decode import GalleryIds, run_decode
-from streaming.errors import InputError
-from streaming.recordings import open_recording
+from glimpse.service.cli import main
+from glimpse.service.decode import GalleryIds, run_decode
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.recordings import open_recording
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,10 +30,10 @@ FRAME_KEYS = {"type", "v", "session", "seq", "stream", "window_seq", "t_window_e
 @pytest.fixture(scope="module")
 def decoder_files(small_meg_session, tmp_path_factory):
     """A ridge checkpoint (seconds to fit) and the gallery of the session's test images."""
-    from models.data import load_session
-    from models.embedders import load_embedder
-    from models.gallery import build_gallery
-    from models.train import TrainConfig, train
+    from glimpse.models.data import load_session
+    from glimpse.models.embedders import load_embedder
+    from glimpse.models.gallery import build_gallery
+    from glimpse.models.train import TrainConfig, train
 
     root, _, _ = small_meg_session
     out = tmp_path_factory.mktemp("decode")
@@ -49,7 +49,7 @@ def decoder_files(small_meg_session, tmp_path_factory):
 
 def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "replay", str(recording),
+    return subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "replay", str(recording),
                              "--name", name, "--source-id", name, *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -115,7 +115,7 @@ def test_decode_refuses_a_stream_that_does_not_exist(decoder_files, tmp_path, ca
 
 
 def test_decode_refuses_a_gallery_of_another_embedder(decoder_files, tmp_path):
-    from models.gallery import Gallery
+    from glimpse.models.gallery import Gallery
 
     _, ckpt, gallery = decoder_files
     g = Gallery.load(gallery)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from service.cli import main
-from service.demo import run_demo
-from streaming.errors import InputError
+from glimpse.service.cli import main
+from glimpse.service.demo import run_demo
+from glimpse.streaming.errors import InputError
 
 
 @pytest.mark.timeout(120)  # simulating the shared session (~5 s) plus preprocessing it
@@ -26,9 +26,9 @@ def test_demo_summarises_the_session(small_meg_session):
 @pytest.mark.slow
 @pytest.mark.timeout(400)  # tiny training, evaluation (curve, ceiling), gallery, 4 s live; ~60 s alone
 def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tmp_path, one_thread):
-    from models.checkpoint import load_checkpoint
-    from models.gallery import Gallery
-    from models.train import TrainConfig
+    from glimpse.models.checkpoint import load_checkpoint
+    from glimpse.models.gallery import Gallery
+    from glimpse.models.train import TrainConfig
 
     root, config, _ = small_meg_session
     out = tmp_path / "demo"

@@ -1,4 +1,4 @@
-"""service.worker: frames as contract 5, the same numbers as the checkpoint and gallery,
+"""glimpse.service.worker: frames as contract 5, the same numbers as the checkpoint and gallery,
 onnx = torch, mismatches refused, and a worker thread that drops the oldest, batches
 streams together and survives its callbacks and its decoder.
 
@@ -18,14 +18,14 @@ import pylsl
 import pytest
 import torch
 
-from models.baselines import RidgeBaseline
-from models.brain_encoder import BrainEncoder, BrainEncoderConfig, export_onnx
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.gallery import Gallery
-from service.worker import STAGES, Decoder, Worker, freeze_heap
-from streaming.errors import InputError
-from streaming.preprocess import PreprocessConfig
-from streaming.window import Window
+from glimpse.models.baselines import RidgeBaseline
+from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig, export_onnx
+from glimpse.models.checkpoint import load_checkpoint, save_checkpoint
+from glimpse.models.gallery import Gallery
+from glimpse.service.worker import STAGES, Decoder, Worker, freeze_heap
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import PreprocessConfig
+from glimpse.streaming.window import Window
 
 N_CHANS, N_TIMES, DIM, N_IMAGES = 6, 30, 8, 40
 NAMES = ["MLO11", "MLO12", "MRO11", "MRO12", "MZO01", "MRT52"]

@@ -19,10 +19,10 @@ import numpy as np
 import pylsl
 import pytest
 
-from streaming.acquisition import StreamAcquisition
-from streaming.errors import InputError
-from streaming.lsl import find_stream, unit_scale
-from streaming.preprocess import OnlinePreprocessor, PreprocessConfig, fit_scaler
+from glimpse.streaming.acquisition import StreamAcquisition
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.lsl import find_stream, unit_scale
+from glimpse.streaming.preprocess import OnlinePreprocessor, PreprocessConfig, fit_scaler
 
 OUTLET = Path(__file__).with_name("lsl_outlet.py")
 N_TIMES, HOP_OUT = 30, 6  # 250 ms windows, 50 ms hop at the 120 Hz output

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from streaming.errors import InputError
-from streaming.preprocess import (
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.preprocess import (
     OnlinePreprocessor,
     PreprocessConfig,
     _SosBlock,
@@ -360,7 +360,7 @@ def test_online_offline_parity_on_a_synthetic_session():
 @pytest.mark.timeout(120)  # the shared fixture simulates the session first (~5 s)
 def test_online_offline_parity_on_a_simulated_session(small_meg_session):
     """The acceptance test on glimpse's own simulator output, read as a user's BIDS set."""
-    from streaming.recordings import open_recording
+    from glimpse.streaming.recordings import open_recording
 
     root, _, _ = small_meg_session
     raw = open_recording(root, subject="01").raw

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streaming.errors import InputError
-from streaming.recordings import (
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.recordings import (
     EventColumns,
     SPLITS,
     Recording,

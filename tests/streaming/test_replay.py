@@ -24,10 +24,10 @@ import numpy as np
 import pylsl
 import pytest
 
-from service.cli import main
-from streaming.recordings import Recording, Trial, open_recording
-from streaming.replay import INDEX_CHANNEL, Replay, continuous_segments, format_summary, run_replay
-from streaming.session_log import SessionWriter
+from glimpse.service.cli import main
+from glimpse.streaming.recordings import Recording, Trial, open_recording
+from glimpse.streaming.replay import INDEX_CHANNEL, Replay, continuous_segments, format_summary, run_replay
+from glimpse.streaming.session_log import SessionWriter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def _expected_channels(raw) -> list[tuple[str, str, str]]:
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

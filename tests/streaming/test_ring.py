@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.ring import SampleRing, WindowRing
+from glimpse.streaming.ring import SampleRing, WindowRing
 
 
 def test_sample_ring_reserve_commit_in_place():

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from streaming.errors import InputError
-from streaming.recordings import open_recording
-from streaming.replay import continuous_segments
-from streaming.session_log import SessionWriter, read_session_stream
+from glimpse.service.cli import main
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.recordings import open_recording
+from glimpse.streaming.replay import continuous_segments
+from glimpse.streaming.session_log import SessionWriter, read_session_stream
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_reader_tolerates_a_torn_last_row(tmp_path):
 
 WRITER = """
 import sys, numpy as np
-from streaming.session_log import SessionWriter
+from glimpse.streaming.session_log import SessionWriter
 session = SessionWriter(sys.argv[1])
 stream = session.add_stream("eeg", "src", 100.0, ["Cz", "Pz"], ["eeg", "eeg"], ["V", "V"])
 k = 0

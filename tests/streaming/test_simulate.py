@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from scipy import signal
 
-from streaming.errors import InputError
-from streaming.simulate import SimulationConfig, clean_responses, simulate_session
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.simulate import SimulationConfig, clean_responses, simulate_session
 
 EVENT_COLUMNS = {"onset", "duration", "trial_type", "value", "sample", "image_path", "concept"}
 
@@ -309,8 +309,8 @@ def test_shape_code_ignores_where_and_how_big_and_tells_shapes_apart():
     coded by what its image looks like. Fails if the code follows position or size
     (same shape moved and scaled would differ) or ignores the shape.
     """
-    from streaming.simulate.physics import shape_features
-    from streaming.simulate.stimuli import sample_stimulus
+    from glimpse.streaming.simulate.physics import shape_features
+    from glimpse.streaming.simulate.stimuli import sample_stimulus
 
     def stim(family, variant, seed):
         return sample_stimulus(1, "train", family, variant, 1, np.random.default_rng(seed))
