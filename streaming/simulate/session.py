@@ -180,6 +180,40 @@ def _simulate_subject(
     )
     stream = NoiseStream(model, np.random.default_rng([config.seed, 402, subject_index]), head.posterior)
 
+    sink, codes = _write_signal(config, subject, head, info, response, stream, schedule, scratch, bar)
+    written = _write_bids(config, subject, sink, info, schedule, stimuli, codes, root, scratch)
+
+    clean = root / CLEAN_DIR
+    np.save(clean / f"sub-{subject}_topographies.npy", response.topographies.astype(np.float32))
+    np.save(clean / f"sub-{subject}_timecourses.npy", response.time_courses.astype(np.float32))
+    realized = 10 * np.log10(signal_power / (stream.posterior_sumsq / stream.posterior_count))
+    logger.info("sub-%s: %d trials, %.0f s, realised SNR %.2f dB", subject, len(schedule.onsets), schedule.n_times / sfreq, realized)
+    return {
+        "subject": subject,
+        "data_file": str(written.fpath.relative_to(root)),
+        "weights_seed": response.weights_seed,
+        "schedule_seed": [config.seed, 201, subject_index],
+        "noise_seeds": [noise_seed, [config.seed, 402, subject_index]],
+        "latencies_s": {k: round(v, 6) for k, v in response.latencies.items()},
+        "n_trials": schedule.counts,
+        "n_times": schedule.n_times,
+        "duration_s": schedule.n_times / sfreq,
+        "signal_power_posterior": signal_power,
+        "noise_scales": model.scales,
+        "alpha_freqs_hz": [round(float(f), 3) for f in model.alpha_freqs],
+        "n_blinks": int(len(model.blink_onsets)),
+        "realized_snr_db": round(float(realized), 3),
+    }
+
+
+def _write_signal(config: SimulationConfig, subject: str, head: HeadModel, info: mne.Info,
+                  response: ResponseModel, stream: NoiseStream, schedule: Schedule, scratch: Path,
+                  bar: tqdm) -> tuple[object, np.ndarray]:
+    """Noise plus evoked responses (plus the trigger channel), block by block, to scratch.
+
+    Returns the sink (open: :func:`_write_bids` closes it) and each trial's trigger code.
+    """
+    sfreq = config.resolved_sfreq
     n_data = len(head.info.ch_names)
     meg = config.modality == "meg"
     if meg:
@@ -219,7 +253,14 @@ def _simulate_subject(
         for future in pending:
             if future is not None:
                 future.result()
+    return sink, codes
 
+
+def _write_bids(config: SimulationConfig, subject: str, sink, info: mne.Info, schedule: Schedule,
+                stimuli: list[Stimulus], codes: np.ndarray, root: Path,
+                scratch: Path) -> mne_bids.BIDSPath:
+    """The scratch signal as this subject's BIDS recording and sidecars; scratch removed."""
+    meg = config.modality == "meg"
     bids_path = mne_bids.BIDSPath(subject=subject, task=TASK, datatype=config.modality, root=root)
     annotations = _annotations(schedule, stimuli, config)
     present = {t: c for t, c in TRIGGER_CODES.items() if t in set(schedule.trial_types)}
@@ -254,27 +295,7 @@ def _simulate_subject(
     for path in scratch.glob(f"sub-{subject}*"):
         path.unlink()
 
-    clean = root / CLEAN_DIR
-    np.save(clean / f"sub-{subject}_topographies.npy", response.topographies.astype(np.float32))
-    np.save(clean / f"sub-{subject}_timecourses.npy", response.time_courses.astype(np.float32))
-    realized = 10 * np.log10(signal_power / (stream.posterior_sumsq / stream.posterior_count))
-    logger.info("sub-%s: %d trials, %.0f s, realised SNR %.2f dB", subject, len(schedule.onsets), schedule.n_times / sfreq, realized)
-    return {
-        "subject": subject,
-        "data_file": str(written.fpath.relative_to(root)),
-        "weights_seed": response.weights_seed,
-        "schedule_seed": [config.seed, 201, subject_index],
-        "noise_seeds": [noise_seed, [config.seed, 402, subject_index]],
-        "latencies_s": {k: round(v, 6) for k, v in response.latencies.items()},
-        "n_trials": schedule.counts,
-        "n_times": schedule.n_times,
-        "duration_s": schedule.n_times / sfreq,
-        "signal_power_posterior": signal_power,
-        "noise_scales": model.scales,
-        "alpha_freqs_hz": [round(float(f), 3) for f in model.alpha_freqs],
-        "n_blinks": int(len(model.blink_onsets)),
-        "realized_snr_db": round(float(realized), 3),
-    }
+    return written
 
 
 def _evoked_figure(config: SimulationConfig, root: Path, head: HeadModel, subjects: list[str], out: Path) -> dict[str, dict[str, float]]:
@@ -354,7 +375,35 @@ def simulate_session(config: SimulationConfig, out_dir: str | os.PathLike, overw
     timings["read_back_and_figure"] = time.perf_counter() - t2
 
     simulation_json = root / "simulation.json"
-    record = {
+    record = _simulation_record(config, head, groups, stimuli, facts, measured)
+    simulation_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    files = [p for p in root.rglob("*") if p.is_file()]
+    timings["total"] = time.perf_counter() - t0
+    result = SimulationResult(
+        bids_root=root,
+        stimuli_dir=root / "stimuli",
+        figure_path=figure_path,
+        simulation_json=simulation_json,
+        modality=config.modality,
+        subjects=tuple(subjects),
+        n_trials=facts[0]["n_trials"],
+        duration_s={f["subject"]: f["duration_s"] for f in facts},
+        data_files={f["subject"]: root / f["data_file"] for f in facts},
+        n_files=len(files),
+        total_bytes=sum(p.stat().st_size for p in files),
+        timings_s=timings,
+        measured=measured,
+    )
+    logger.info("wrote %s: %d files, %.1f MB in %.1f s", root, result.n_files, result.total_bytes / 1e6, timings["total"])
+    return result
+
+
+def _simulation_record(config: SimulationConfig, head: HeadModel, groups: dict[str, np.ndarray],
+                       stimuli: list[Stimulus], facts: list[dict], measured: dict) -> dict:
+    """``simulation.json``: every parameter, the seed, derived and measured facts."""
+    sfreq = config.resolved_sfreq
+    return {
         "generator": "glimpse simulate (glimpse.streaming.simulate)",
         "glimpse_version": glimpse_version(),
         "mne_version": mne.__version__,
@@ -379,27 +428,6 @@ def simulate_session(config: SimulationConfig, out_dir: str | os.PathLike, overw
         },
         "measured_from_files": measured,
     }
-    simulation_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-    files = [p for p in root.rglob("*") if p.is_file()]
-    timings["total"] = time.perf_counter() - t0
-    result = SimulationResult(
-        bids_root=root,
-        stimuli_dir=root / "stimuli",
-        figure_path=figure_path,
-        simulation_json=simulation_json,
-        modality=config.modality,
-        subjects=tuple(subjects),
-        n_trials=facts[0]["n_trials"],
-        duration_s={f["subject"]: f["duration_s"] for f in facts},
-        data_files={f["subject"]: root / f["data_file"] for f in facts},
-        n_files=len(files),
-        total_bytes=sum(p.stat().st_size for p in files),
-        timings_s=timings,
-        measured=measured,
-    )
-    logger.info("wrote %s: %d files, %.1f MB in %.1f s", root, result.n_files, result.total_bytes / 1e6, timings["total"])
-    return result
 
 
 def _write_clean_index(root: Path, config: SimulationConfig, head: HeadModel, stimuli: list[Stimulus]) -> None:
