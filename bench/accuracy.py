@@ -75,9 +75,11 @@ def linear_task_ceiling(checkpoint_dir: Path, data, cache: Path) -> dict:
     import numpy as np
     from sklearn.linear_model import RidgeCV
 
+    from glimpse.models.ceiling import clean_windows
     from glimpse.models.checkpoint import load_checkpoint
-    from glimpse.models.data import EVAL_OFFSETS, image_targets
-    from glimpse.models.evaluate import clean_windows, retrieval_metrics
+    from glimpse.models.data import image_targets
+    from glimpse.models.metrics import retrieval_metrics
+    from glimpse.models.windows import EVAL_OFFSETS
     from glimpse.streaming.simulate import clean_responses
 
     ckpt = load_checkpoint(checkpoint_dir)

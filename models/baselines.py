@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .brain_encoder import BrainEncoder, _dataclass_from_dict
+from glimpse.streaming.config_dict import config_from_dict
 from glimpse.streaming.errors import InputError
+
+from .brain_encoder import BrainEncoder
 
 logger = logging.getLogger("glimpse.models.baselines")
 
@@ -242,7 +244,8 @@ class BraindecodeEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BraindecodeEncoderConfig:
-        return _dataclass_from_dict(cls, data)
+        return config_from_dict(cls, data, fix="remove them, or load with the glimpse version "
+                                               "that wrote this config")
 
 
 def _shallow_time_constants(sfreq: float, n_times: int) -> dict[str, int]:

@@ -68,8 +68,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .blocks import Conv1d, ConvBlock, MLPHead, SpatialAttention, SubjectLayer
+from glimpse.streaming.config_dict import config_from_dict
 from glimpse.streaming.errors import InputError
+
+from .blocks import Conv1d, ConvBlock, MLPHead, SpatialAttention, SubjectLayer
 
 logger = logging.getLogger("glimpse.models.brain_encoder")
 
@@ -167,21 +169,8 @@ class BrainEncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BrainEncoderConfig:
         """The inverse of :meth:`to_dict`; unknown or missing keys are errors."""
-        return _dataclass_from_dict(cls, data)
-
-
-def _dataclass_from_dict(cls, data: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"the keys of {cls.__name__}", f"unknown keys {unknown}",
-                         "remove them, or load with the glimpse version that wrote this config")
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing = sorted(required - set(data))
-    if missing:
-        raise InputError(f"every required key of {cls.__name__}", f"missing {missing}", "add them to the config")
-    return cls(**data)
+        return config_from_dict(cls, data, fix="remove them, or load with the glimpse version "
+                                               "that wrote this config")
 
 
 def min_n_times(n_blocks: int, kernel_size: int = 3) -> int:

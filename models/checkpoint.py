@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch import nn
 
+from glimpse.streaming.channels import find_channels, listing
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.preprocess import PreprocessConfig
 from glimpse.streaming.version import glimpse_version
@@ -182,7 +184,7 @@ class Checkpoint:
         if c is None:
             return None
         logit = window_stats(windows) @ np.asarray(c["weight"], np.float64) + c["bias"]
-        return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        return expit(logit).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- save
@@ -276,8 +278,6 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (np.floating, float)):
         return float(value) if math.isfinite(value) else None
     return value
-
-
 
 
 # --------------------------------------------------------------------------- load
@@ -443,15 +443,12 @@ def channel_index(checkpoint: Checkpoint, ch_names: Sequence[str], *,
                   fix: str = "stream or record the same montage, or retrain on the channels "
                              "you have") -> list[int]:
     """Indices into ``ch_names`` of the checkpoint's channels, in its order; names the missing."""
-    where = {n: i for i, n in enumerate(ch_names)}
     need = checkpoint.ch_names
-    missing = [n for n in need if n not in where]
+    where, missing = find_channels(need, ch_names)
     if missing:
-        shown = ", ".join(missing[:10]) + (f", and {len(missing) - 10} more"
-                                           if len(missing) > 10 else "")
         raise InputError(f"the {len(need)} channels the checkpoint was trained on",
                          f"data has {len(need) - len(missing)} of the {len(need)} channels the "
-                         f"checkpoint needs; missing: {shown}", fix)
+                         f"checkpoint needs; missing: {listing(missing)}", fix)
     return [where[n] for n in need]
 
 

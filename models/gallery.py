@@ -5,7 +5,7 @@ embedder made them: unnormalised for OpenCLIP, whose scale generators need) plus
 ``FILE.json`` sidecar (ids, image paths, sha256 of each image, embedder name,
 dimension, the glimpse version that wrote it). Loading never unpickles.
 
-Search is exact: cosine = (unit query . entry) / |entry|. The gallery keeps the inverse
+Search is exact: cosine = ``(unit query . entry) / |entry|``. The gallery keeps the inverse
 entry norms, ``(N,)``, rather than a normalised copy of the entries, which would double
 the memory (1e6 x 1024 fp32: 4.1 GB per copy). Entries are scanned in chunks of
 65,536 and the running top-k merged, so memory stays bounded at any N.
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from glimpse.streaming.errors import InputError
-
-from .embedders import IMAGE_SUFFIXES, ImageEmbedder, embedding_space
 from glimpse.streaming.version import glimpse_version
+
+from .device import torch_device
+from .embedders import IMAGE_SUFFIXES, ImageEmbedder, embedding_space
 
 logger = logging.getLogger("glimpse.models.gallery")
 
@@ -38,8 +39,6 @@ FORMAT_VERSION = 1
 ENTRY_CHUNK = 65_536  # entries scored at once: (queries x 65,536) scores stay small
 QUERY_CHUNK = 256  # queries scored at once: at most 256 x 65,536 x 4 B = 64 MiB of scores
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16}
-
-
 
 
 def gallery_files(path: str | Path) -> tuple[Path, Path]:
@@ -122,7 +121,7 @@ class Gallery:
         dtype = dtype or self.embeddings.dtype
         if dtype not in _DTYPES:
             raise InputError("dtype float32, float16 or bfloat16", str(dtype), "pass torch.float32")
-        device = _device(device) if device is not None else self.device
+        device = torch_device(device) if device is not None else self.device
         return Gallery(self.embeddings.to(device=device, dtype=dtype), self.ids, self.paths,
                        self.embedder, self.dim, self.hashes)
 
@@ -198,7 +197,7 @@ class Gallery:
         if meta.get("embedder", embedder) != embedder:
             raise InputError(f"the same embedder in {tensor_path.name} and {sidecar_path.name}",
                              f"{meta['embedder']} and {embedder}", fix_build)
-        gallery = cls(embeddings.to(device=_device(device), dtype=dtype), ids, paths, embedder, dim, hashes)
+        gallery = cls(embeddings.to(device=torch_device(device), dtype=dtype), ids, paths, embedder, dim, hashes)
         logger.info("loaded %s from %s", gallery.summary(), tensor_path)
         return gallery
 
@@ -260,16 +259,6 @@ class Gallery:
                 all_scores.append(best_s)
                 all_idx.append(best_i)
         return torch.cat(all_scores), torch.cat(all_idx)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError("a torch device (cpu, cuda, cuda:1)", repr(device), "pass device='cpu'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("an available CUDA device", f"{device!r} with no CUDA available", "pass device='cpu'")
-    return dev
 
 
 def find_images(folder: str | Path) -> list[Path]:

@@ -195,7 +195,7 @@ def pretrain_session(session: Any, config: PretrainConfig, out_dir: str | os.Pat
     """
     from safetensors.torch import save_file
 
-    from .train import _DEFAULT_SIZES
+    from .train import DEFAULT_SIZES
 
     n_times = session.n_times(window_s)
     rng = np.random.default_rng(config.seed)
@@ -210,7 +210,7 @@ def pretrain_session(session: Any, config: PretrainConfig, out_dir: str | os.Pat
     if not xs:
         raise InputError(f"recordings longer than one {window_s:g} s window", "none",
                          "pass longer recordings or a shorter --window")
-    options = {**_DEFAULT_SIZES, **(model_options or {})}
+    options = {**DEFAULT_SIZES, **(model_options or {})}
     model_config = BrainEncoderConfig(
         n_chans=session.n_chans, sfreq=session.sfreq, n_times=n_times,
         embed_dim=options.pop("embed_dim", 256),  # heads are not trained here; trunk only

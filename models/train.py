@@ -1,11 +1,11 @@
 """``glimpse train``'s engine: one decoder across subjects, early-stopped, calibrated, saved.
 
 :func:`train` takes a loaded :class:`~glimpse.models.data.SessionData` and a
-:class:`TrainConfig`, and writes a checkpoint directory (``glimpse.models.checkpoint``)
-with ``figures/training.png`` and ``figures/reliability.png``.
+:class:`~glimpse.models.train_config.TrainConfig`, and writes a checkpoint directory
+(``glimpse.models.checkpoint``) with ``figures/training.png`` and ``figures/reliability.png``.
 
 - **Data.** Streaming-ready stimulus windows (``window_s``, 0.25 s; ends 0.15-0.8 s
-  after onset) redrawn every epoch by :class:`~glimpse.models.data.WindowSampler` from the
+  after onset) redrawn every epoch by :class:`~glimpse.models.windows.WindowSampler` from the
   training concepts' trials; "nothing new" windows train the confidence head.
   Validation: deterministic windows of WHOLE held-out training concepts
   (``val_concept_fraction``); test trials are never touched.
@@ -16,23 +16,10 @@ with ``figures/training.png`` and ``figures/reliability.png``.
   ``clip_symmetric``, ``mse``, ``mix``); Adam or AdamW; early stopping on the
   validation top-5 retrieval among the validation images (or the validation loss),
   keeping the best state.
-- **Confidence.** A small confidence head, separate from the decoder: a logistic
-  regression on per-channel statistics of the window
-  (:func:`glimpse.models.checkpoint.window_stats`: log variance, mean, rise), trained on
-  training-trial windows with a fresh image against "nothing new" windows (the
-  fixation before an image). It is then Platt-scaled on validation windows
-  (stimulus windows every 50 ms from 0.15 to 0.8 s after onset, nothing-new ones
-  every 50 ms from -0.25 to 0.04 s) and folded into one ``weight`` vector and
-  ``bias``, plain numbers in ``config.json``, with the expected calibration error
-  and AUC: ``confidence = 1 / (1 + exp(-(window_stats(x) . weight + bias)))``. The
-  same head serves every model, costs microseconds live, and does not compete with
-  the decoder for its capacity (a probe on the decoder's LayerNorm-ed heads, which
-  discard a window's power, did not learn presence within the CPU budget).
-- **DDP.** Under ``torchrun --nproc_per_node N`` (env ``WORLD_SIZE``), each rank
-  builds the same model (same seed), draws the same windows and takes its shard of
-  them; DistributedDataParallel (``gloo`` on CPU, ``nccl`` on CUDA) averages the
-  gradients. The contrastive term sees each rank's local batch (``batch_size //
-  N`` windows). Only rank 0 writes the checkpoint and figures.
+- **Confidence.** A small confidence head, separate from the decoder, calibrated on
+  validation windows (:mod:`glimpse.models.confidence`).
+- **DDP.** Under ``torchrun --nproc_per_node N``, ranks share the windows and average
+  the gradients (:mod:`glimpse.models.distributed`).
 
 Speed: :func:`train` flushes denormal floats to zero (``torch.set_flush_denormal``)
 while it runs: on x86 CPUs, arithmetic on them (tiny gradients and Adam moments)
@@ -52,7 +39,6 @@ paper's sizes.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -60,7 +46,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,126 +57,21 @@ from tqdm import tqdm
 
 from glimpse.streaming.errors import InputError
 
-from .data import (EVAL_OFFSETS, NOTHING_OFFSETS, STIM_OFFSETS, SessionData, Splits, WindowSampler,
-                   WindowSet, fixed_windows, image_targets, split_trials)
-from .evaluate import cosine_scores, per_query_topk
-from .losses import LOSSES, DecodingLoss
+from .confidence import calibrate, fit_presence, plot_reliability
+from .data import SessionData, image_targets
+from .distributed import Dist
+from .losses import DecodingLoss
+from .metrics import cosine_scores, per_query_topk
+from .train_config import MODEL_NAMES, TrainConfig
+from .windows import EVAL_OFFSETS, Splits, WindowSampler, WindowSet, fixed_windows, split_trials
 
 logger = logging.getLogger("glimpse.models.train")
 
-__all__ = ["MODEL_NAMES", "TrainConfig", "TrainResult", "calibration_offsets", "platt_fit",
-           "expected_calibration_error", "train"]
+__all__ = ["DEFAULT_SIZES", "MODEL_NAMES", "TrainConfig", "TrainResult", "train"]
 
-#: Models :func:`train` builds; "ridge" is closed-form, the others are trained by SGD.
-MODEL_NAMES = ("brain_encoder", "shallow_fbcsp", "eegnet", "ridge")
-#: Window ends (s after onset) of the windows the confidence is calibrated on.
-CALIB_STIM_OFFSETS = tuple(np.round(np.arange(0.15, 0.8001, 0.05), 3).tolist())
-CALIB_NOTHING_OFFSETS = tuple(np.round(np.arange(-0.25, 0.0401, 0.05), 3).tolist())
-# Brain-encoder sizes for the default run (see the module docstring).
-_DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64}
+#: Brain-encoder sizes of the default run (see the module docstring).
+DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64}
 _EVAL_BATCH = 512
-
-
-@dataclass
-class TrainConfig:
-    """Everything :func:`train` needs besides the data; round-trips through JSON.
-
-    ``model`` in :data:`MODEL_NAMES`; ``embedder`` a ``glimpse.models.embedders`` spec;
-    ``window_s`` the live window (s). ``loss`` in ``glimpse.models.losses.LOSSES`` with
-    ``mix_lambda`` for "mix". ``val_metric``: "top5" (retrieval among validation
-    images; ties go to the lower loss) or "loss". ``patience``: epochs without
-    improvement before stopping.
-    ``windows_per_trial``: stimulus windows drawn per training trial and epoch (random
-    offsets: augmentation, and more optimiser steps per epoch on small datasets);
-    ``nothing_fraction``: nothing-new windows per stimulus window for the confidence
-    head (``presence_draws`` draws of the training trials).
-    ``init``: a checkpoint or pretraining directory whose trunk weights start the
-    brain encoder. ``hidden``, ``spatial_channels``, ``n_blocks``, ``dropout``
-    override the brain encoder's sizes; ``model_options`` passes any other field of
-    the model's config (e.g. ``{"alphas": [1e2, 1e3]}`` for ridge). ``num_threads``: torch
-    CPU threads (None: torch's default). ``cache_dir``: image-embedding cache.
-    """
-
-    model: str = "brain_encoder"
-    embedder: str = "handcrafted"
-    window_s: float = 0.25
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"
-    loss: str = "mix"
-    mix_lambda: float = 0.75
-    patience: int = 6
-    val_concept_fraction: float = 0.15
-    val_metric: str = "top5"
-    nothing_fraction: float = 0.5
-    windows_per_trial: int = 6
-    stim_offsets: tuple[float, float] = STIM_OFFSETS
-    nothing_offsets: tuple[float, float] = NOTHING_OFFSETS
-    eval_offsets: tuple[float, ...] = EVAL_OFFSETS
-    seed: int = 0
-    device: str = "cpu"
-    init: str | None = None
-    hidden: int | None = None
-    spatial_channels: int | None = None
-    n_blocks: int | None = None
-    dropout: float | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    ridge_draws: int = 4
-    presence_draws: int = 3
-    num_threads: int | None = None
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("stim_offsets", "nothing_offsets", "eval_offsets"):
-            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
-        self.model_options = dict(self.model_options)
-        self.validate()
-
-    def validate(self) -> TrainConfig:
-        def need(ok: bool, name: str, expected: str, fix: str) -> None:
-            if not ok:
-                raise InputError(f"{name} {expected}", repr(getattr(self, name)), fix)
-
-        need(self.model in MODEL_NAMES, "model", f"in {MODEL_NAMES}", "pick one of those")
-        need(self.loss in LOSSES, "loss", f"in {LOSSES}", "pick one of those")
-        need(self.optimizer in ("adam", "adamw"), "optimizer", "'adam' or 'adamw'", "use adamw")
-        need(self.val_metric in ("top5", "loss"), "val_metric", "'top5' or 'loss'", "use top5")
-        for name in ("epochs", "batch_size", "patience", "ridge_draws", "windows_per_trial",
-                     "presence_draws"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
-                 "an integer >= 1", f"pass e.g. --{name.replace('_', '-')} 10")
-        need(self.batch_size >= 2, "batch_size", ">= 2 (a contrastive batch)", "use e.g. 128")
-        for name in ("window_s", "lr"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name,
-                 "a positive number", "use the default")
-        need(0 <= self.weight_decay < 1, "weight_decay", "in [0, 1)", "use e.g. 0.01")
-        need(0 <= self.mix_lambda <= 1, "mix_lambda", "in [0, 1]", "use e.g. 0.75")
-        need(0 <= self.val_concept_fraction < 1, "val_concept_fraction", "in [0, 1)",
-             "use e.g. 0.15")
-        need(len(self.stim_offsets) == 2 and self.stim_offsets[0] <= self.stim_offsets[1],
-             "stim_offsets", "(low, high) seconds", "use (0.05, 0.8)")
-        need(len(self.eval_offsets) >= 1, "eval_offsets", "at least one offset", "use (0.3,)")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for k, v in out.items():
-            if isinstance(v, tuple):
-                out[k] = list(v)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"TrainConfig fields among {sorted(known)}", f"unknown {unknown}",
-                             "remove or rename them")
-        return cls(**data)
 
 
 @dataclass
@@ -203,125 +84,6 @@ class TrainResult:
     history: list[dict[str, float]]
     config: TrainConfig
     confidence: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- small pieces
-
-
-def platt_fit(score: np.ndarray, label: np.ndarray, *, iters: int = 100) -> tuple[float, float]:
-    """Logistic calibration ``p = sigmoid(a * score + b)`` by Newton's method (Platt 1999).
-
-    Platt's smoothed targets ((n+ + 1) / (n+ + 2), 1 / (n- + 2)) keep ``a`` finite
-    when the classes separate perfectly.
-    """
-    s, y = np.asarray(score, float), np.asarray(label, bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise InputError("calibration windows of both kinds (stimulus and nothing new)",
-                         f"{n_pos} stimulus and {n_neg} nothing-new windows",
-                         "use more validation trials")
-    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    mu, sd = s.mean(), s.std() or 1.0
-    z = (s - mu) / sd  # standardised for conditioning; mapped back below
-    a, b = 0.0, math.log((n_pos + 1) / (n_neg + 1))
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(a * z + b)))
-        w = np.maximum(p * (1 - p), 1e-12)
-        g = np.array([np.sum((p - t) * z), np.sum(p - t)])
-        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
-        step = np.linalg.solve(h + 1e-9 * np.eye(2), g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(a / sd), float(b - a * mu / sd)
-
-
-def apply_platt(score: np.ndarray, a: float, b: float) -> np.ndarray:
-    return 1 / (1 + np.exp(-(a * np.asarray(score, float) + b)))
-
-
-def expected_calibration_error(prob: np.ndarray, label: np.ndarray, n_bins: int = 10
-                               ) -> tuple[float, list[dict[str, float]]]:
-    """ECE over ``n_bins`` equal-width bins, and the bins (for the reliability plot)."""
-    prob, label = np.asarray(prob, float), np.asarray(label, float)
-    idx = np.minimum((prob * n_bins).astype(int), n_bins - 1)
-    ece, bins = 0.0, []
-    for i in range(n_bins):
-        m = idx == i
-        if m.any():
-            conf, acc = float(prob[m].mean()), float(label[m].mean())
-            ece += m.mean() * abs(conf - acc)
-            bins.append({"low": i / n_bins, "high": (i + 1) / n_bins, "count": int(m.sum()),
-                         "confidence": conf, "frequency": acc})
-    return float(ece), bins
-
-
-def calibration_offsets() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(stimulus, nothing-new) window ends used for calibration, s after onset."""
-    return CALIB_STIM_OFFSETS, CALIB_NOTHING_OFFSETS
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device: str) -> _Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        owns = False
-        if not dist.is_initialized():
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend)
-            owns = True
-        return cls(rank=dist.get_rank(), world=dist.get_world_size(), owns_group=owns)
-
-    def broadcast(self, value: float) -> float:
-        """Rank 0's value on every rank (so that every rank stops at the same epoch)."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.broadcast(t, src=0)
-        return float(t.item())
-
-    def sync_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank.
-
-        DDP broadcasts them before each forward, but each rank's last forward then
-        updates its own copy; this makes validation and the saved state agree.
-        """
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for buf in module.buffers():
-            dist.broadcast(buf, src=0)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 class _Objective(nn.Module):
@@ -349,7 +111,7 @@ def _build_model(config: TrainConfig, data: SessionData, embed_dim: int, n_times
                "embed_dim": embed_dim, "n_subjects": len(data.subjects),
                "ch_names": list(data.ch_names)}
     if config.model == "brain_encoder":
-        options.update(positions=data.positions.tolist(), **_DEFAULT_SIZES)
+        options.update(positions=data.positions.tolist(), **DEFAULT_SIZES)
         options.update(_init_architecture(config.init))
         for name in ("hidden", "spatial_channels", "n_blocks", "dropout"):
             if getattr(config, name) is not None:
@@ -470,76 +232,6 @@ def _validate(model, windows: WindowSet | None, targets: np.ndarray, val_images:
     return out
 
 
-def _fit_presence(data: SessionData, trials: np.ndarray, config: TrainConfig
-                  ) -> tuple[np.ndarray, float]:
-    """The confidence head before calibration: (weight (3 C,), bias) on ``window_stats``.
-
-    A logistic regression (L2, C = 0.1, on standardised features, folded back) of
-    stimulus against nothing-new windows of the training trials, ``presence_draws``
-    random draws of each.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    from .checkpoint import window_stats
-
-    sampler = WindowSampler(data, trials, window_s=config.window_s,
-                            stim_offsets=config.stim_offsets,
-                            nothing_offsets=config.nothing_offsets,
-                            nothing_fraction=config.nothing_fraction,
-                            seed=config.seed + 1)
-    ws = WindowSet.concatenate([sampler.sample(e) for e in range(config.presence_draws)])
-    feats = window_stats(ws.x)
-    n_chans = ws.x.shape[1]
-    if ws.is_stimulus.all():
-        logger.warning("no nothing-new windows in the training trials (no quiet time before "
-                       "onsets): the confidence is constant")
-        return np.zeros(3 * n_chans), 0.0
-    mu, sd = feats.mean(0), feats.std(0)
-    sd = np.where(sd > 0, sd, 1.0)
-    lr = LogisticRegression(C=0.1, max_iter=2000).fit((feats - mu) / sd, ws.is_stimulus)
-    weight = lr.coef_[0] / sd
-    return weight, float(lr.intercept_[0] - weight @ mu)
-
-
-def _calibrate(probe: tuple[np.ndarray, float], data: SessionData, trials: np.ndarray,
-               window_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The confidence for config.json: the head, Platt-calibrated on ``trials``' windows.
-
-    Platt's ``a, b`` fold into the head, so the checkpoint stores one ``weight`` and one
-    ``bias``. Without validation windows of both kinds, the head is stored as trained
-    (``calibrated: false``). Returns (confidence, reliability-plot data).
-    """
-    from .checkpoint import WINDOW_STATS, window_stats
-
-    weight, bias = probe
-    base = {"features": WINDOW_STATS,
-            "formula": "1 / (1 + exp(-(dot(window_stats(x), weight) + bias)))"}
-    stim_off, nothing_off = calibration_offsets()
-    windows = [fixed_windows(data, trials, window_s=window_s, offsets=stim_off),
-               fixed_windows(data, trials, window_s=window_s, offsets=nothing_off,
-                             is_stimulus=False)] if len(trials) else []
-    if not windows or not len(windows[0]) or not len(windows[1]):
-        logger.warning("no validation windows of both kinds to calibrate the confidence on; "
-                       "the checkpoint stores the confidence head uncalibrated")
-        return {**base, "weight": weight.tolist(), "bias": bias, "calibrated": False,
-                "ece": None, "auc": None}, {}
-    ws = WindowSet.concatenate(windows)
-    score = window_stats(ws.x) @ weight + bias
-    a, b = platt_fit(score, ws.is_stimulus)
-    prob = apply_platt(score, a, b)
-    ece, bins = expected_calibration_error(prob, ws.is_stimulus)
-    # AUC by ranks: how well the head separates the two kinds (calibration keeps it).
-    order = np.argsort(np.argsort(score))
-    n_pos, n_neg = int(ws.is_stimulus.sum()), int((~ws.is_stimulus).sum())
-    auc = (order[ws.is_stimulus].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg)
-    confidence = {**base, "weight": (a * weight).tolist(), "bias": a * bias + b,
-                  "calibrated": True, "method": "logistic head + Platt scaling",
-                  "ece": ece, "auc": float(auc), "n_windows": len(ws),
-                  "stim_offsets": list(stim_off), "nothing_offsets": list(nothing_off)}
-    return confidence, {"bins": bins, "prob": prob, "label": ws.is_stimulus,
-                        "offset": ws.offset_s}
-
-
 # --------------------------------------------------------------------------- figures
 
 
@@ -567,26 +259,6 @@ def _figure_training(history: list[dict[str, float]], chance: float | None, path
     fig.savefig(path, dpi=100)
 
 
-def _figure_reliability(plot: dict[str, Any], confidence: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    bins = plot["bins"]
-    ax1.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
-    ax1.plot([b["confidence"] for b in bins], [b["frequency"] for b in bins], "o-")
-    ax1.set(xlabel="predicted confidence", ylabel="fraction with a fresh stimulus",
-            title=f"reliability (ECE {confidence['ece']:.3f})", xlim=(0, 1), ylim=(0, 1))
-    offs = np.round(plot["offset"], 2)
-    uniq = np.unique(offs)
-    ax2.plot(uniq, [plot["prob"][offs == o].mean() for o in uniq], "o-")
-    ax2.axvspan(uniq.min(), 0.04, color="grey", alpha=0.15, label="nothing new")
-    ax2.set(xlabel="window end after onset (s)", ylabel="mean confidence",
-            title=f"confidence vs window position (AUC {confidence['auc']:.2f})", ylim=(0, 1))
-    ax2.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-
 
 # --------------------------------------------------------------------------- train
 
@@ -605,7 +277,7 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
     start = time.perf_counter()
     config.validate()
     out_dir = Path(out_dir)
-    dist = _Dist.from_env(config.device)
+    dist = Dist.from_env(config.device)
     torch.set_flush_denormal(True)  # see the module docstring; reset below
     try:
         if config.num_threads:
@@ -625,56 +297,23 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
                     config.model, len(splits.train), len(splits.train_concepts), len(splits.val),
                     len(splits.val_concepts), len(val_images), n_times, dist.world)
         model = _build_model(config, data, targets.shape[1], n_times)
-        retrieval_head = "mse" if config.loss == "mse" else "clip"
-        loss_fn = DecodingLoss(config.loss, lam=config.mix_lambda)
-        # The decoder learns from stimulus windows only; nothing-new windows train the
-        # confidence head below.
-        # Ridge takes ridge_draws windows per trial in all: its closed form costs
-        # O(windows x features^2), and more draws of the same trials add little.
-        sampler = WindowSampler(data, splits.train, window_s=config.window_s,
-                                stim_offsets=config.stim_offsets, nothing_offsets=None,
-                                windows_per_trial=(1 if config.model == "ridge"
-                                                   else config.windows_per_trial),
-                                seed=config.seed)
-        if config.model == "ridge":
-            retrieval_head = "mse"
-            model, history, best_epoch = _fit_ridge(model, sampler, targets, config)
-        else:
-            if config.init:
-                if config.model != "brain_encoder":
-                    raise InputError("--init with model brain_encoder", config.model,
-                                     "drop --init, or train the brain encoder")
-                _load_init(model, config.init)
-            history, best_epoch = _fit_sgd(model, loss_fn, sampler, targets, val, val_images,
-                                           retrieval_head, config, dist, progress)
-        final = _validate(model, val, targets, val_images, retrieval_head,
-                          None if config.model == "ridge" else loss_fn, config.device,
-                          config.eval_offsets)
-        probe = _fit_presence(data, splits.train, config)
-        confidence, plot = _calibrate(probe, data, splits.val, config.window_s)
+        model, history, best_epoch, retrieval_head, loss_fn = _fit(
+            model, data, splits, targets, val, val_images, config, dist, progress)
+        final = _validate(model, val, targets, val_images, retrieval_head, loss_fn,
+                          config.device, config.eval_offsets)
+        probe = fit_presence(data, splits.train, config)
+        confidence, plot = calibrate(probe, data, splits.val, config.window_s)
         metrics = _metrics(final, history, best_epoch, splits, val_images, confidence,
                            time.perf_counter() - start, dist.world)
         checkpoint_dir = None
         if dist.main:
-            meta = {
-                "subjects": data.subjects, "ch_names": list(data.ch_names),
-                "positions": data.positions.tolist(), "sfreq": data.sfreq,
-                "window": {"n_times": n_times, "seconds": config.window_s},
-                "preprocess": data.preprocess.to_dict(),
-                "embedder": {"name": embedder.name, "dim": int(targets.shape[1]),
-                             "mean_norm": float(np.linalg.norm(targets, axis=1).mean())},
-                "data_fingerprint": data.fingerprint, "training": config.to_dict(),
-                "metrics": metrics, "confidence": confidence, "retrieval_head": retrieval_head,
-                "data": {"source": str(data.source), "kind": data.kind,
-                         "group_delay_s": data.group_delay,
-                         "train_concepts": list(splits.train_concepts),
-                         "val_concepts": list(splits.val_concepts)},
-            }
+            meta = _checkpoint_meta(data, config, embedder.name, targets, splits, metrics,
+                                    confidence, retrieval_head)
             checkpoint_dir = save_checkpoint(out_dir, model, meta)
             _figure_training(history, final.get("chance_top5"),
                              out_dir / "figures" / "training.png", best_epoch)
             if plot:
-                _figure_reliability(plot, confidence, out_dir / "figures" / "reliability.png")
+                plot_reliability(plot, confidence, out_dir / "figures" / "reliability.png")
             (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n",
                                                   encoding="utf-8")
             logger.info("checkpoint written to %s: val top-5 %s (chance %s), ECE %s, %.1f s",
@@ -688,11 +327,58 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
         dist.close()
 
 
+def _fit(model, data: SessionData, splits: Splits, targets: np.ndarray, val: WindowSet | None,
+         val_images: np.ndarray, config: TrainConfig, dist: Dist, progress: bool):
+    """Fit the decoder: (model, history, best epoch, retrieval head, loss for validation)."""
+    retrieval_head = "mse" if config.loss == "mse" else "clip"
+    loss_fn = DecodingLoss(config.loss, lam=config.mix_lambda)
+    # The decoder learns from stimulus windows only; nothing-new windows train the
+    # confidence head.
+    # Ridge takes ridge_draws windows per trial in all: its closed form costs
+    # O(windows x features^2), and more draws of the same trials add little.
+    sampler = WindowSampler(data, splits.train, window_s=config.window_s,
+                            stim_offsets=config.stim_offsets, nothing_offsets=None,
+                            windows_per_trial=(1 if config.model == "ridge"
+                                               else config.windows_per_trial),
+                            seed=config.seed)
+    if config.model == "ridge":
+        model, history, best_epoch = _fit_ridge(model, sampler, targets, config)
+        return model, history, best_epoch, "mse", None
+    if config.init:
+        if config.model != "brain_encoder":
+            raise InputError("--init with model brain_encoder", config.model,
+                             "drop --init, or train the brain encoder")
+        _load_init(model, config.init)
+    history, best_epoch = _fit_sgd(model, loss_fn, sampler, targets, val, val_images,
+                                   retrieval_head, config, dist, progress)
+    return model, history, best_epoch, retrieval_head, loss_fn
+
+
+def _checkpoint_meta(data: SessionData, config: TrainConfig, embedder_name: str,
+                     targets: np.ndarray, splits: Splits, metrics: dict[str, Any],
+                     confidence: dict[str, Any], retrieval_head: str) -> dict[str, Any]:
+    """What :func:`~glimpse.models.checkpoint.save_checkpoint` writes besides the weights."""
+    return {
+        "subjects": data.subjects, "ch_names": list(data.ch_names),
+        "positions": data.positions.tolist(), "sfreq": data.sfreq,
+        "window": {"n_times": data.n_times(config.window_s), "seconds": config.window_s},
+        "preprocess": data.preprocess.to_dict(),
+        "embedder": {"name": embedder_name, "dim": int(targets.shape[1]),
+                     "mean_norm": float(np.linalg.norm(targets, axis=1).mean())},
+        "data_fingerprint": data.fingerprint, "training": config.to_dict(),
+        "metrics": metrics, "confidence": confidence, "retrieval_head": retrieval_head,
+        "data": {"source": str(data.source), "kind": data.kind,
+                 "group_delay_s": data.group_delay,
+                 "train_concepts": list(splits.train_concepts),
+                 "val_concepts": list(splits.val_concepts)},
+    }
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _targets(data: SessionData, embedder, cache, dist: _Dist, progress: bool) -> np.ndarray:
+def _targets(data: SessionData, embedder, cache, dist: Dist, progress: bool) -> np.ndarray:
     """Image embeddings; with a cache and DDP, rank 0 fills the cache before the others read."""
     if dist.world > 1 and cache is not None and not dist.main:
         dist.barrier()
@@ -720,7 +406,7 @@ def _fit_ridge(model, sampler: WindowSampler, targets: np.ndarray, config: Train
 
 def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
              targets: np.ndarray, val: WindowSet | None, val_images: np.ndarray,
-             retrieval_head: str, config: TrainConfig, dist: _Dist, progress: bool
+             retrieval_head: str, config: TrainConfig, dist: Dist, progress: bool
              ) -> tuple[list[dict[str, float]], int | None]:
     device = config.device
     objective = _Objective(model, loss_fn).to(device)

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..config_dict import config_from_dict
 from ..errors import InputError
 from .stimuli import FAMILIES, VARIANTS
 
@@ -159,14 +160,5 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        if not isinstance(data, dict):
-            raise InputError("a dict of SimulationConfig fields", type(data).__name__, "pass the 'config' object of simulation.json")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(
-                f"only SimulationConfig fields ({', '.join(sorted(names))})",
-                f"unknown keys {unknown}",
-                "remove them, or regenerate simulation.json with this glimpse version",
-            )
-        return cls(**data)
+        return config_from_dict(cls, data, where="the 'config' object of simulation.json",
+                                fix="remove them, or regenerate simulation.json with this glimpse version")

@@ -112,7 +112,7 @@ class HeadModel:
 
     @property
     def normalized(self) -> np.ndarray:
-        """Source positions relative to the sphere: x right, y front, z up, |.| <= 1."""
+        """Source positions relative to the sphere: x right, y front, z up, ``|.| <= 1``."""
         return (self.rr - self.center) / self.radius
 
     def describe(self) -> dict[str, object]:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -145,18 +144,18 @@ def test_same_concept_is_closer_than_other_concepts(small_meg_session, hand):
     assert within > between + 0.05, (within, between)
 
 
-def test_handcrafted_speed(hand):
-    # 128x128 images, the simulator's default size: building a 20k-image gallery should
-    # take minutes, not hours. The floor is loose (measured ~250/s on 2 CPU cores).
+def test_handcrafted_batches_of_simulator_sized_images(hand):
+    # 128x128 images, the simulator's default size, in batches of any size: each image's
+    # embedding is its own (no batch statistics), unit-norm and finite. The speed of this
+    # (images/s) is measured by bench/gallery.py, not asserted here.
     rng = np.random.default_rng(0)
     images = [drawing(kind, 128, tuple(int(v) for v in rng.integers(0, 255, 3)), offset=int(o))
               for kind, o in zip(["disc", "bar", "triangle"] * 22, rng.integers(-20, 20, 66))]
-    hand.embed(images[:2], progress=False)  # warm-up (imports, caches)
-    start = time.perf_counter()
-    hand.embed(images, progress=False)
-    rate = len(images) / (time.perf_counter() - start)
-    logging.getLogger("glimpse.tests").info("handcrafted: %.0f images/s at 128x128", rate)
-    assert rate > 25
+    x = hand.embed(images, batch_size=32, progress=False)
+    assert x.shape == (66, hand.dim) and x.dtype == np.float32 and np.isfinite(x).all()
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    one_by_one = np.concatenate([hand.embed([im], progress=False) for im in images[:5]])
+    np.testing.assert_array_equal(x[:5], one_by_one)
 
 
 @pytest.mark.parametrize("bad, match", [

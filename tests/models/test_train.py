@@ -1,4 +1,4 @@
-"""glimpse.models.losses and glimpse.models.train: the objectives, end-to-end training, calibration, DDP."""
+"""glimpse.models.losses and glimpse.models.train: the objectives, the config, end-to-end training, DDP."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from glimpse.models.checkpoint import load_checkpoint
-from glimpse.models.data import fixed_windows, load_session, split_trials
+from glimpse.models.data import load_session
 from glimpse.models.losses import ClipLoss, DecodingLoss, clip_loss, mse_loss
-from glimpse.models.train import (TrainConfig, expected_calibration_error, platt_fit,
-                          train)
+from glimpse.models.train import TrainConfig, train
+from glimpse.models.windows import fixed_windows, split_trials
 from glimpse.streaming.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,19 +151,7 @@ def test_mse_and_mix():
         mse_loss(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
-# --------------------------------------------------------------------------- calibration
-
-
-def test_platt_and_ece():
-    rng = np.random.default_rng(0)
-    score = rng.normal(0, 1, 20000)
-    label = rng.random(20000) < 1 / (1 + np.exp(-(3 * score - 1)))
-    a, b = platt_fit(score, label)
-    assert a == pytest.approx(3, rel=0.1) and b == pytest.approx(-1, abs=0.1)
-    prob = 1 / (1 + np.exp(-(a * score + b)))
-    ece, bins = expected_calibration_error(prob, label)
-    assert ece < 0.02 and sum(b_["count"] for b_ in bins) == 20000
-    assert expected_calibration_error(np.full(4, 0.9), np.zeros(4))[0] == pytest.approx(0.9)
+# --------------------------------------------------------------------------- config
 
 
 def test_config_round_trip_and_checks():
