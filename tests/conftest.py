@@ -29,6 +29,22 @@ def realdata() -> Path:
 
 
 @pytest.fixture(scope="session")
+def things_meg() -> Path:
+    """``../shared/things-meg/ds004212`` (or ``$GLIMPSE_THINGS_MEG``): THINGS-MEG's real
+    text files (events, channels, sidecars of sub-BIGMEG1 ses-01), without the signal.
+
+    Absent in CI is a failure, as for ``realdata``.
+    """
+    path = Path(os.environ.get("GLIMPSE_THINGS_MEG",
+                               REPO.parent / "shared" / "things-meg" / "ds004212"))
+    if not (path / "dataset_description.json").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"THINGS-MEG text files not found at {path}; set GLIMPSE_THINGS_MEG")
+        pytest.skip(f"THINGS-MEG text files not found at {path}; set GLIMPSE_THINGS_MEG")
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_meg_session(tmp_path_factory):
     """A small simulated MEG session, written once per test run: (root, config, result)."""
     from glimpse.streaming.simulate import SimulationConfig, simulate_session

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glimpse.service.info import format_description
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.recordings import (
     EventColumns,
@@ -19,7 +20,6 @@ from glimpse.streaming.recordings import (
     Recording,
     Trial,
     describe,
-    format_description,
     open_recording,
     read_things_eeg2,
 )
