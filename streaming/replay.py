@@ -52,9 +52,9 @@ from typing import Any, NamedTuple
 import mne
 import numpy as np
 import pylsl
-from mne.io.constants import FIFF
 
 from .errors import InputError
+from .outlet import INDEX_CHANNEL, SignalOutlet, si_units, signal_info
 from .recordings import Recording, open_recording
 
 logger = logging.getLogger("glimpse.streaming.replay")
@@ -62,12 +62,6 @@ logger = logging.getLogger("glimpse.streaming.replay")
 __all__ = ["INDEX_CHANNEL", "Replay", "Segment", "continuous_segments", "format_summary",
            "run_replay"]
 
-INDEX_CHANNEL = "SAMPLE_INDEX"
-# FIFF unit codes -> SI symbols; channels with no physical unit (stim, counters) get "none"
-# (MNE says "NA"; "none" is what LSL consumers, glimpse's acquisition included, know).
-_UNITS = {FIFF.FIFF_UNIT_V: "V", FIFF.FIFF_UNIT_T: "T", FIFF.FIFF_UNIT_T_M: "T/m",
-          FIFF.FIFF_UNIT_MOL: "mol", FIFF.FIFF_UNIT_CEL: "C", FIFF.FIFF_UNIT_S: "S",
-          FIFF.FIFF_UNIT_SEC: "s", FIFF.FIFF_UNIT_PX: "px"}
 _SKIP = "bad_acq_skip"
 _BOUNDARIES = {"boundary", "edge boundary", "bad boundary"}  # EEGLAB; concatenate_raws
 # A replayed gap is never shorter than this, whatever the speed, so that a gap
@@ -142,19 +136,6 @@ def _clock_jumps(raw: mne.io.BaseRaw) -> dict[int, float | None]:
             for j in jumps}
 
 
-def _units(raw: mne.io.BaseRaw) -> list[str]:
-    return [_UNITS.get(int(ch["unit"]), "none") for ch in raw.info["chs"]]
-
-
-def _stream_type(ch_types: list[str]) -> str:
-    """LSL's content type: MEG where there are MEG sensors, else EEG, else the first type."""
-    if {"mag", "grad"} & set(ch_types):
-        return "MEG"
-    if "eeg" in ch_types:
-        return "EEG"
-    return ch_types[0].upper()
-
-
 def _marker_json(trial) -> str:
     return json.dumps({"stim_file": None if trial.stim_file is None else str(trial.stim_file),
                        "concept": trial.concept, "trial_type": trial.trial_type})
@@ -210,8 +191,6 @@ class Replay:
         self.source_id = source_id or f"{self.name}-{digest.hexdigest()[:10]}"
         self.sfreq = float(raw.info["sfreq"])
         self.ch_names = list(raw.ch_names) + ([INDEX_CHANNEL] if index_channel else [])
-        self.ch_types = list(raw.get_channel_types()) + (["misc"] if index_channel else [])
-        self.units = _units(raw) + (["none"] if index_channel else [])
         self.segments = continuous_segments(raw)
         if not self.segments:
             raise InputError("a recording with samples to replay",
@@ -225,7 +204,7 @@ class Replay:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._outlet = self._markers_outlet = None
+        self._outlet: SignalOutlet | None = None
         self._error: BaseException | None = None
         self._reset_counters()
 
@@ -237,15 +216,11 @@ class Replay:
 
     def stream_info(self) -> pylsl.StreamInfo:
         """The signal stream's info: channels with label, type and unit; the source."""
-        info = pylsl.StreamInfo(self.name, _stream_type(self.ch_types), self.n_chans, self.sfreq,
-                                pylsl.cf_float32, self.source_id)
+        raw = self.recording.raw
+        info = signal_info(self.name, self.source_id, self.sfreq, raw.ch_names,
+                           raw.get_channel_types(), si_units(raw.info),
+                           index="last" if self.index_channel else None)
         desc = info.desc()
-        channels = desc.append_child("channels")
-        for label, kind, unit in zip(self.ch_names, self.ch_types, self.units):
-            ch = channels.append_child("channel")
-            ch.append_child_value("label", label)
-            ch.append_child_value("type", kind)
-            ch.append_child_value("unit", unit)
         acquisition = desc.append_child("acquisition")
         acquisition.append_child_value("manufacturer", self.recording.system or "unknown")
         acquisition.append_child_value("model", self.recording.format)
@@ -253,10 +228,6 @@ class Replay:
         replay.append_child_value("recording", str(self.recording.path))
         replay.append_child_value("speed", repr(self.speed))
         return info
-
-    def markers_info(self) -> pylsl.StreamInfo:
-        return pylsl.StreamInfo(f"{self.name}-markers", "Markers", 1, pylsl.IRREGULAR_RATE,
-                                pylsl.cf_string, f"{self.source_id}-markers")
 
     # ---------------------------------------------------------------- life cycle
 
@@ -269,8 +240,8 @@ class Replay:
         self._stop.clear()
         self._done.clear()
         self._error = None
-        self._outlet = pylsl.StreamOutlet(self.stream_info())
-        self._markers_outlet = pylsl.StreamOutlet(self.markers_info())
+        self._outlet = SignalOutlet(self.stream_info(),
+                                    index="last" if self.index_channel else None)
         self._thread = threading.Thread(target=self._run, name=f"replay-{self.name}", daemon=True)
         self._state = "streaming"
         self._thread.start()
@@ -283,7 +254,9 @@ class Replay:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("replay thread of %r did not stop within %s s", self.name, timeout)
-        self._outlet = self._markers_outlet = None  # liblsl closes an outlet when it is freed
+        if self._outlet is not None:
+            self._outlet.close()
+            self._outlet = None
         if self._state == "streaming":
             self._state = "stopped"
         return self
@@ -417,19 +390,13 @@ class Replay:
     def _push(self, data: np.ndarray, seg: Segment, a: int, seg_ts0: float, dt: float,
               offset: int) -> None:
         n = len(data)
-        if self.index_channel:
-            out = np.empty((n, data.shape[1] + 1), np.float32)
-            out[:, :-1] = data
-            out[:, -1] = np.arange(offset + a, offset + a + n)
-            data = out
         stamps = seg_ts0 + (np.arange(a, a + n) - seg.start) * dt
-        self._outlet.push_chunk(data, stamps.tolist())
+        self._outlet.push(data, stamps, offset + a)
         self._n_samples += n
         self._n_chunks += 1
         i = bisect.bisect_left(self._trial_samples, a)
         while i < len(self._trial_samples) and self._trial_samples[i] < a + n:
-            self._markers_outlet.push_sample([self._trial_json[i]],
-                                             float(stamps[self._trial_samples[i] - a]))
+            self._outlet.push_marker(self._trial_json[i], stamps[self._trial_samples[i] - a])
             self._n_markers += 1
             i += 1
 

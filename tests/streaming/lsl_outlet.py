@@ -25,6 +25,8 @@ import time
 import numpy as np
 import pylsl
 
+from glimpse.streaming.outlet import SignalOutlet, si_units, signal_info
+
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,15 +66,6 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _signal_info(args, n_data: int, names: list[str], types: list[str], units: list[str]):
-    fmt = args.format
-    info = pylsl.StreamInfo(args.name, args.type, n_data + 1, args.sfreq, fmt, args.source_id)
-    info.set_channel_labels(["SAMPLE_INDEX", *names])
-    info.set_channel_types(["misc", *types])
-    info.set_channel_units(["none", *units])
-    return info
-
-
 def _from_raw(args):
     import mne
 
@@ -82,9 +75,8 @@ def _from_raw(args):
         clock = raw.get_data(picks=[args.clock_channel])[0]
     keep = [n for n in raw.ch_names if n != args.clock_channel]
     data = raw.get_data(picks=keep).T.astype(np.float32)  # SI, as MNE stores it
-    types = raw.get_channel_types(picks=keep)
-    units = {"eeg": "V", "mag": "T", "grad": "T/m", "ref_meg": "T"}
-    return (data, keep, types, [units.get(t, "none") for t in types], raw.info["sfreq"], clock)
+    info = raw.copy().pick(keep).info
+    return data, keep, info.get_channel_types(), si_units(info), raw.info["sfreq"], clock
 
 
 def main() -> None:
@@ -103,16 +95,12 @@ def main() -> None:
         n_total = int(round(args.duration * sfreq)) if args.duration > 0 else None
         data = None
     n_data = len(names)
-    info = _signal_info(args, n_data, names, types, units)
-    outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
-    markers = None
-    if args.markers:
-        minfo = pylsl.StreamInfo(f"{args.name}-markers", "Markers", 1, pylsl.IRREGULAR_RATE,
-                                 "string", f"{args.source_id}-markers")
-        markers = pylsl.StreamOutlet(minfo)
+    info = signal_info(args.name, args.source_id, args.sfreq, names, types, units,
+                       index="first", stream_type=args.type, channel_format=args.format)
+    outlet = SignalOutlet(info, index="first", markers=args.markers, max_buffered=60)
     print("ready", flush=True)
     if args.wait_consumer > 0:
-        outlet.wait_for_consumers(args.wait_consumer)
+        outlet.signal.wait_for_consumers(args.wait_consumer)
 
     chunk = max(1, args.chunk)
     t0 = pylsl.local_clock() + 0.05
@@ -149,14 +137,14 @@ def main() -> None:
             if hit.any():
                 block = block.copy()
                 block[hit, : max(1, n_data // 2)] = value
-        sample_index = (args.start_index + idx).astype(np.float32)[:, None]
-        out = np.concatenate([sample_index, block], axis=1)
-        if args.format == "string":
-            outlet.push_chunk([[str(v) for v in row] for row in out.tolist()], times.tolist())
+        if args.format == "string":  # only to be refused: the index as text, then the data
+            rows = np.concatenate([(args.start_index + idx)[:, None], block], axis=1)
+            outlet.signal.push_chunk([[str(v) for v in row] for row in rows.tolist()],
+                                     times.tolist())
         else:
-            outlet.push_chunk(out, times.tolist())
+            outlet.push(block, times, args.start_index + index)
         index += n
-        if markers is not None and idx[-1] / sfreq >= next_marker:
+        if outlet.markers is not None and idx[-1] / sfreq >= next_marker:
             n_markers += 1
             if args.bad_marker_every and n_markers % args.bad_marker_every == 0:
                 text = '{"stim_file": "broken.png", "concept":'  # malformed on purpose
@@ -164,7 +152,7 @@ def main() -> None:
                 text = json.dumps({"stim_file": f"img{n_markers:04d}.png",
                                    "concept": f"concept{n_markers % 4}",
                                    "trial_type": "test", "index": n_markers})
-            markers.push_sample([text], float(times[-1]))
+            outlet.push_marker(text, times[-1])
             next_marker += args.marker_every
     time.sleep(0.5)  # let the last chunk leave before the outlet goes
     print("done", flush=True)

@@ -19,7 +19,6 @@ from glimpse.streaming.recordings import open_recording
 from glimpse.streaming.replay import continuous_segments
 from glimpse.streaming.session_log import SessionWriter, read_session_stream
 
-REPO = Path(__file__).resolve().parents[2]
 
 # Files on a local disk and one short subprocess; a hang must fail, not stall CI.
 pytestmark = pytest.mark.timeout(60)
@@ -129,9 +128,10 @@ while True:
 @pytest.mark.timeout(60)  # a second interpreter on 2 busy cores
 def test_sigkill_loses_nothing_handed_over(tmp_path):
     folder = tmp_path / "s"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(folder)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    # glimpse as installed: the repository root on the path would let a bare `import models` pass
+    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(folder)],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
         try:
             for _ in range(50):
                 last = int(proc.stdout.readline())
