@@ -1,5 +1,5 @@
-# The two commands a new user needs: `make demo` and `make test`.
-# Both create .venv and install the project into it when pyproject.toml changed.
+# The two commands a new user needs: `make demo` and `make test` (and `make docs`).
+# Each creates .venv and installs the project into it when pyproject.toml changed.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +7,10 @@ BIN     = $(VENV)/bin
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k preprocess -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+# Extra sphinx-build arguments, e.g. `make docs SPHINXOPTS="-j 2"`.
+SPHINXOPTS ?=
+
+.PHONY: demo test docs install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[docs]"
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -29,5 +36,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Warnings are errors; the gallery's examples run on a small simulated session.
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html $(SPHINXOPTS) docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) .pytest_cache glimpse-demo
+	rm -rf $(VENV) .pytest_cache glimpse-demo docs/_build docs/auto_examples docs/api/generated
