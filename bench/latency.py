@@ -1,10 +1,11 @@
 """Real-time benchmarks of the live path (latency, capacity, soak); each prints JSON.
 
-One window's path, wired as ``glimpse decode`` wires it: a pylsl outlet in ANOTHER
+One window's path, wired by ``glimpse decode``'s own wiring
+(:class:`~glimpse.service.live.LivePath`): a pylsl outlet in ANOTHER
 process -> :class:`~glimpse.streaming.acquisition.StreamAcquisition` (pull into the ring,
 the checkpoint's online preprocessing, 250 ms windows every 50 ms, markers
 followed) -> :class:`~glimpse.service.worker.Worker` (bounded per-stream queues, one batch
-across streams) -> :class:`~glimpse.service.worker.Decoder` (brain encoder in torch or
+across streams) -> :class:`~glimpse.service.decoder.Decoder` (brain encoder in torch or
 onnxruntime, exact cosine top-5 over a 10,000-image gallery) -> frame.
 
 Every latency is read from the frames themselves: ``latency_ms.total`` = the
@@ -110,7 +111,7 @@ KINDS = {
             "amplitude": 2e-5},
 }
 SIZES = {
-    # glimpse.models.train._DEFAULT_SIZES, the default embedder (handcrafted, 256-d)
+    # glimpse.models.train.DEFAULT_SIZES, the default embedder (handcrafted, 256-d)
     "default": {"embed_dim": 256, "embedder": "handcrafted"},
     # BrainEncoderConfig's own defaults are the paper's (THINGS-MEG, D = 768)
     "paper": {"embed_dim": 768, "embedder": "open_clip:ViT-L-14:random",
@@ -220,10 +221,10 @@ def build_checkpoint(folder: Path, names: list[str], positions: np.ndarray, prep
 
     from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig
     from glimpse.models.checkpoint import save_checkpoint
-    from glimpse.models.train import _DEFAULT_SIZES
+    from glimpse.models.train import DEFAULT_SIZES
 
     spec = SIZES[size]
-    arch = dict(_DEFAULT_SIZES) if size == "default" else {
+    arch = dict(DEFAULT_SIZES) if size == "default" else {
         "hidden": spec["hidden"], "spatial_channels": spec["spatial_channels"]}
     torch.manual_seed(seed)
     config = BrainEncoderConfig(n_chans=len(names), sfreq=SFREQ_OUT, n_times=N_TIMES,
@@ -321,23 +322,14 @@ class Models:
 
 
 def make_decoder(models: Models, kind: str, size: str, backend: str, device: str,
-                 threads: int | None, warmup=(1,)):
-    """``(checkpoint, decoder)`` through the real loaders, as glimpse decode makes them."""
-    from glimpse.models.checkpoint import load_checkpoint
-    from glimpse.models.gallery import Gallery
-    from glimpse.service.worker import Decoder
+                 threads: int | None):
+    """``(checkpoint, decoder)`` through glimpse decode's own loader."""
+    from glimpse.service.decode import load_decoder
 
-    import torch
-
-    ckpt_dir = models.checkpoint(kind, size)
     onnx = models.onnx(kind, size) if backend == "onnx" else None
-    if threads is not None:  # retrieval runs in torch with either backend
-        torch.set_num_threads(threads)
-    ckpt = load_checkpoint(ckpt_dir, device=device)
-    gallery = Gallery.load(models.gallery(size), device=device)
-    decoder = Decoder(ckpt, gallery, k=K, backend=backend, onnx_path=onnx, device=device,
-                      threads=threads, warmup=warmup)
-    return ckpt, decoder
+    decoder, _ = load_decoder(models.checkpoint(kind, size), models.gallery(size),
+                              backend=backend, onnx=onnx, device=device, k=K, threads=threads)
+    return decoder.checkpoint, decoder
 
 
 def decoder_floor(decoder, n_calls: int) -> dict[str, Any]:
@@ -387,9 +379,11 @@ def _floor(decoder, n_calls: int, gap: float) -> dict[str, Any]:
 # =============================================================================== outlets
 
 
-def _push_main(args: argparse.Namespace) -> int:
+def _push_main(args: argparse.Namespace) -> int:  # long: one real-time push loop, kept whole
     """The outlet process: every stream of ``--spec``, pushed in real time until stdin closes."""
     import pylsl
+
+    from glimpse.streaming.outlet import SignalOutlet, signal_info
 
     spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
     stop = threading.Event()
@@ -407,32 +401,21 @@ def _push_main(args: argparse.Namespace) -> int:
     streams = []
     for s in spec["streams"]:
         n, sfreq = len(s["ch_names"]), float(s["sfreq"])
-        info = pylsl.StreamInfo(s["name"], s["type"], n + 1, sfreq, pylsl.cf_float32,
-                                s["source_id"])
-        channels = info.desc().append_child("channels")
-        for label, kind, unit in [*((c, s["ch_type"], s["unit"]) for c in s["ch_names"]),
-                                  ("SAMPLE_INDEX", "misc", "none")]:
-            ch = channels.append_child("channel")
-            ch.append_child_value("label", label)
-            ch.append_child_value("type", kind)
-            ch.append_child_value("unit", unit)
-        outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
-        markers = None
-        if spec["markers_every_s"] > 0:
-            markers = pylsl.StreamOutlet(pylsl.StreamInfo(
-                f"{s['name']}-markers", "Markers", 1, pylsl.IRREGULAR_RATE, pylsl.cf_string,
-                f"{s['source_id']}-markers"))
+        info = signal_info(s["name"], s["source_id"], sfreq, s["ch_names"],
+                           [s["ch_type"]] * n, [s["unit"]] * n, index="last",
+                           stream_type=s["type"])
+        outlet = SignalOutlet(info, index="last", markers=spec["markers_every_s"] > 0,
+                              max_buffered=60)
         c = max(1, int(round(chunk_ms * sfreq / 1e3)))
         first_chunk = int(spec.get("first_chunk") or c)
         span = c * max(1, int(round(sfreq / c)))  # ~1 s of signal, cycled
-        block = np.empty((span + c, n + 1), np.float32)  # + c: a chunk never wraps
-        block[:, :n] = _signal(span + c, n, sfreq, s["amplitude"], seed=s["seed"])
-        streams.append({"name": s["name"], "outlet": outlet, "markers": markers, "c": c,
+        block = _signal(span + c, n, sfreq, s["amplitude"], seed=s["seed"])  # + c: never wraps
+        streams.append({"name": s["name"], "outlet": outlet, "c": c,
                         "sfreq": sfreq, "block": block, "span": span, "next": 0,
                         "size": max(1, min(first_chunk, c)),
                         "offset_s": float(s["offset_s"]), "n": 0,
                         "marker_every": max(1, int(round(spec["markers_every_s"] * sfreq)))
-                        if markers is not None else 0,
+                        if outlet.markers is not None else 0,
                         "grid": np.arange(c, dtype=np.float64) / sfreq})
     print(json.dumps({"event": "ready"}), flush=True)
     deadline = time.monotonic() + float(spec["wait_consumers_s"])
@@ -460,23 +443,22 @@ def _push_main(args: argparse.Namespace) -> int:
                 c, first, size = s["c"], s["next"], s["size"]
                 start = first % s["span"]
                 rows = s["block"][start:start + size]
-                rows[:, -1] = np.arange(first, first + size)
                 lateness = now - s["due"]
                 if stamps_mode == "push":
                     now = pylsl.local_clock()
                     stamps = now - s["grid"][:size][::-1]
                 else:
                     stamps = s["t0"] + first / s["sfreq"] + s["grid"][:size]
-                s["outlet"].push_chunk(rows, stamps.tolist())
-                if s["markers"] is not None:
+                s["outlet"].push(rows, stamps, first_index=first)
+                if s["marker_every"]:
                     m = s["marker_every"]
                     nxt = -(-first // m) * m
                     if nxt < first + size:
                         n_markers += 1
-                        s["markers"].push_sample([json.dumps(
+                        s["outlet"].push_marker(json.dumps(
                             {"stim_file": f"things/concept{n_markers % 800:04d}/image.jpg",
                              "concept": f"concept{n_markers % 800:04d}",
-                             "trial_type": "bench"})], float(stamps[nxt - first]))
+                             "trial_type": "bench"}), float(stamps[nxt - first]))
                 late[n_late_rec % len(late)] = lateness
                 n_late_rec += 1
                 n_late += lateness > c / s["sfreq"]
@@ -667,76 +649,46 @@ def run_live(decoder, ckpt, specs: list[dict], root: Path, *, warmup: float, sec
              chunk_ms: float, stamps: str, per_process: int, record: bool = False,
              first_chunk: int | None = None, grid: str = "chunks",
              grace: float = 1.0) -> dict[str, Any]:
-    """Outlets for ``specs`` -> one acquisition each -> one worker; measure ``seconds``."""
+    """Outlets for ``specs`` -> glimpse decode's live wiring (LivePath); measure ``seconds``."""
     import pylsl
 
-    from glimpse.service.worker import Worker, freeze_heap
-    from glimpse.streaming.acquisition import StreamAcquisition
+    from glimpse.service.live import LivePath
 
     outlets = Outlets(specs, root, chunk_ms=chunk_ms, stamps=stamps, per_process=per_process,
                       first_chunk=first_chunk, wait_consumers_s=60.0 + 2.0 * len(specs))
     frames = FrameLog()
-    checks = {s["source_id"]: IndexCheck() for s in specs}
-    acqs: dict[str, StreamAcquisition] = {}
+    checks = [IndexCheck() for _ in specs]
     writer = None
     if record:
         from glimpse.streaming.session_log import SessionWriter
 
         writer = SessionWriter(root / f"session-{uuid.uuid4().hex[:8]}")
-
-    def truth(stream_id: str, t_end: float):  # as glimpse decode: newest marker <= 1 s old
-        acq = acqs.get(stream_id)
-        return acq.truth_at(t_end, 1.0) if acq is not None else None
-
-    on_frame = [frames] + ([writer.write_frame] if writer is not None else [])
-    worker = Worker(decoder, session="bench", max_batch=max(1, len(specs)), truth=truth,
-                    on_frame=on_frame)
-    freeze_heap()  # as glimpse decode does, before any stream flows
+    # profile: each acquisition's hot-path cost per pull (StreamAcquisition.pull_costs).
+    path = LivePath(decoder, [(s["name"], s["source_id"]) for s in specs], session="bench",
+                    writer=writer, on_frame=[frames], on_samples=checks.__getitem__, hop=HOP,
+                    resolve_timeout=30.0, lost_after=5.0, grid=grid, profile=True)
     outlets.start()
     t_setup = time.perf_counter()
     try:
-        worker.start()
-        for s in specs:
-            check = checks[s["source_id"]]
-            on_samples = check
-            if writer is not None:
-                sw = writer.add_stream(s["name"], s["source_id"], s["sfreq"],
-                                       [*s["ch_names"], "SAMPLE_INDEX"],
-                                       [s["ch_type"]] * len(s["ch_names"]) + ["misc"],
-                                       [s["unit"]] * len(s["ch_names"]) + ["none"])
-
-                def on_samples(data, times, check=check, sw=sw):
-                    check(data, times)
-                    sw.write(data, times)
-            acq = StreamAcquisition(s["name"], s["source_id"], ch_names=ckpt.ch_names,
-                                    preprocess=ckpt.preprocess, n_times=ckpt.n_times, hop=HOP,
-                                    on_window=worker.submit, on_samples=on_samples,
-                                    resolve_timeout=30.0, lost_after=5.0,
-                                    grid=grid)
-            # Per pulled chunk: (samples, seconds in the hot path, seconds preprocessing);
-            # the acquisition's private per-chunk cost hook.
-            acq._profile = []
-            acqs[s["source_id"]] = acq.start()
+        path.start()  # freezes the heap first, as glimpse decode does
         outlets.wait_started()
         setup_s = time.perf_counter() - t_setup
         time.sleep(warmup)
-        w0, a0 = worker.stats(), {k: a.stats() for k, a in acqs.items()}
-        i0 = {k: c.snapshot() for k, c in checks.items()}
-        p0 = {k: len(a._profile) for k, a in acqs.items()}
+        snap = lambda: (path.worker.stats(), {a.stream_id: a.stats() for a in path.acquisitions},
+                        {s["source_id"]: c.snapshot() for s, c in zip(specs, checks)})  # noqa: E731
+        w0, a0, i0 = snap()
+        p0 = [len(a.pull_costs()) for a in path.acquisitions]
         cpu0, wall0, ticks0 = _cpu_s(), time.perf_counter(), _machine_ticks()
         frames.t_start = pylsl.local_clock()
         frames.t_stop = frames.t_start + seconds
         time.sleep(seconds)
         cpu1, wall1, ticks1 = _cpu_s(), time.perf_counter(), _machine_ticks()
-        chunks = [row for k, a in acqs.items() for row in a._profile[p0[k]:]]
+        chunks = [row for a, k in zip(path.acquisitions, p0) for row in a.pull_costs()[k:]]
         time.sleep(grace)  # windows that ended in the span get `grace` s to come out
         frames.t_start = math.inf  # freeze
-        w1, a1 = worker.stats(), {k: a.stats() for k, a in acqs.items()}
-        i1 = {k: c.snapshot() for k, c in checks.items()}
+        w1, a1, i1 = snap()
     finally:
-        for acq in acqs.values():
-            acq.stop()
-        worker.stop()
+        path.stop()
         outlet_stats = outlets.stop()
         if writer is not None:
             writer.close()
@@ -757,7 +709,7 @@ def _machine_share(t0, t1) -> dict[str, Any] | None:
 
 def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1,
                seconds: float, *, cpu: float, setup_s: float, outlet_stats, stamps,
-               chunks, machine) -> dict:
+               chunks, machine) -> dict:  # long: one figure per line of the JSON
     rows = frames.rows
     hop_ms = 1e3 * HOP
     by_stream: dict[str, list[tuple]] = {s["source_id"]: [] for s in specs}
@@ -792,6 +744,7 @@ def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1
         p99 = float(np.percentile(totals, 99)) if totals else math.inf
         dropped = (w1["dropped"].get(sid, 0) - w0["dropped"].get(sid, 0))
         invalid = a1[sid]["n_invalid_windows"] - a0[sid]["n_invalid_windows"]
+        stale = a1[sid]["n_stale"] - a0[sid]["n_stale"]
         gaps = a1[sid]["n_gaps"] - a0[sid]["n_gaps"]
         lost = a1[sid]["n_lost"] - a0[sid]["n_lost"]
         n_s = i1[sid][0] - i0[sid][0]
@@ -805,6 +758,8 @@ def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1
             reasons.append(f"{missing_seq} windows skipped")
         if dropped:
             reasons.append(f"{dropped} dropped by the worker")
+        if stale:
+            reasons.append(f"{stale} stale windows (older than two hops when cut)")
         if invalid or gaps or lost:
             reasons.append(f"{invalid} invalid windows, {gaps} gaps, {lost} lost")
         if lost_samples or dup_samples:
@@ -815,7 +770,7 @@ def _summarise(frames: FrameLog, specs, outlets: Outlets, w0, w1, a0, a1, i0, i1
         per_stream.append({
             "stream": s["name"], "windows": len(mine), "windows_expected": expected,
             "rate_hz": _r(len(mine) / seconds, 2), "skipped_windows": missing_seq,
-            "dropped": dropped, "invalid_windows": invalid, "gaps": gaps,
+            "dropped": dropped, "stale_windows": stale, "invalid_windows": invalid, "gaps": gaps,
             "samples": n_s, "samples_lost": lost_samples, "samples_duplicated": dup_samples,
             "samples_per_pull": _r(n_s / pulls, 2) if pulls else None,
             "total_p50_ms": _r(float(np.median(totals))) if totals else None,
@@ -947,6 +902,7 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
                     "min_rate_hz": min(s["rate_hz"] for s in live["streams"]),
                     "dropped": sum(s["dropped"] for s in live["streams"]),
                     "invalid_windows": sum(s["invalid_windows"] for s in live["streams"]),
+                    "stale_windows": sum(s["stale_windows"] for s in live["streams"]),
                     "samples_lost": sum(s["samples_lost"] for s in live["streams"]),
                     "batch_size": live["batch_size"],
                     "stages_p50_ms": {k: (v or {}).get("p50")
@@ -986,7 +942,7 @@ def cmd_capacity(args: argparse.Namespace) -> dict[str, Any]:
                      "outlets": f"{args.streams_per_outlet_process} streams per outlet "
                                 "process (bench/latency.py push), each stream its own outlet",
                      "criterion": "every stream: >= 20 windows/s (all but one of the span's), "
-                                  "no skipped, dropped or invalid window, no lost or "
+                                  "no skipped, dropped, stale or invalid window, no lost or "
                                   "duplicated sample, p99 total < 50 ms"}
     return out
 
@@ -1024,7 +980,7 @@ def _slope_per_min(t: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.polyfit(t / 60.0, y, 1)[0])
 
 
-def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:  # long: one run and its JSON, in order
     from glimpse.service.decode import run_decode
 
     recording = Path(args.recording).expanduser()
@@ -1128,8 +1084,8 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
         "expected_samples_by_clock": int(round(summary["seconds"] * rec_info["sfreq"]
                                                * args.speed)),
         "acquisition": {k: stream.get(k) for k in ("n_samples", "n_chunks", "n_windows",
-                                                     "n_invalid_windows", "n_gaps", "n_lost",
-                                                     "n_reconnects", "n_markers",
+                                                     "n_stale", "n_invalid_windows", "n_gaps",
+                                                     "n_lost", "n_reconnects", "n_markers",
                                                      "n_bad_markers", "state")},
         "worker": {"n_decoded": w["n_decoded"], "n_dropped": w["n_dropped"],
                    "n_dropped_after_warmup": w["n_dropped"] - dropped_at_warmup[0]
@@ -1176,7 +1132,7 @@ def _session_index(session: Path) -> dict[str, Any] | None:
 # =============================================================================== CLI
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # long: every option with its help text
     p = argparse.ArgumentParser(
         prog="bench/latency.py", description=__doc__.split("\n\n")[0],
         epilog="Subcommand --help says what each measures; see the module docstring.",

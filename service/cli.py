@@ -72,8 +72,8 @@ def info(
     session: Annotated[Optional[str], typer.Option(help="BIDS root only: the session.")] = None,
     task: Annotated[Optional[str], typer.Option(help="BIDS root only: the task.")] = None,
     run: Annotated[Optional[str], typer.Option(help="BIDS root only: the run.")] = None,
-    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from (default: the BIDS root, the mapping file's folder, or the recording's folder).")] = None,
-    mapping: Annotated[Optional[Path], typer.Option(help="JSON or TSV file mapping annotation descriptions or trigger values to stimulus files (columns: key, stim_file, concept, split).")] = None,
+    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from (default: the BIDS root, the mapping file's folder, or the recording's folder). THINGS-MEG: the THINGS image folder (<concept>/<image>.jpg).")] = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="JSON or TSV file mapping annotation descriptions or trigger values to stimulus files (columns: key, stim_file, concept, split). THINGS-MEG without sourcedata/: a TSV/CSV of things_image_nr -> image_path.")] = None,
     stim_channel: Annotated[Optional[str], typer.Option(help="Trigger channel to read events from (default: auto-detect).")] = None,
 ) -> None:
     """Describe a recording: system, channel types and counts, sfreq, duration, events.
@@ -83,8 +83,11 @@ def info(
       glimpse info sub-01_task-things_meg.fif
 
       glimpse info ./bids --subject 01 --json
+
+      glimpse info ds004212 --subject BIGMEG1 --session 01 --run 01 --stim-root THINGS/object_images
     """
-    from glimpse.streaming.recordings import describe, format_description
+    from .info import format_description
+    from glimpse.streaming.recordings import describe
 
     options = dict(subject=subject, session=session, task=task, run=run, stim_root=stim_root,
                    mapping=mapping, stim_channel=stim_channel)
@@ -192,11 +195,12 @@ def gallery_build(
 
 # --------------------------------------------------------------------------- train / evaluate
 
-def _load_data(data: Path, subjects: Optional[list[str]], stim_root: Optional[Path], preprocess=None):
+def _load_data(data: Path, subjects: Optional[list[str]], stim_root: Optional[Path], preprocess=None,
+               mapping: Optional[Path] = None):
     from glimpse.models.data import load_session
 
     return load_session(data, subjects=subjects or None, stim_root=stim_root, preprocess=preprocess,
-                        progress=True)
+                        mapping=mapping, progress=True)
 
 
 @app.command()
@@ -213,7 +217,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     init: Annotated[Optional[Path], typer.Option(help="Start the brain encoder's trunk from `glimpse pretrain` output or another checkpoint.")] = None,
     subject: Annotated[Optional[list[str]], typer.Option(help="BIDS subjects to use (repeat the option); default: all.")] = None,
-    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from.")] = None,
+    stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from. THINGS-MEG: the THINGS image folder (<concept>/<image>.jpg).")] = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="THINGS-MEG without sourcedata/: a TSV/CSV of things_image_nr -> image_path (see `glimpse info --help`).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Image-embedding cache.  [default: $GLIMPSE_CACHE_DIR or ~/.cache/glimpse/embeddings]")] = None,
 ) -> None:
@@ -234,7 +239,7 @@ def train(
                  window_s=window, seed=seed, init=str(init) if init else None, device=device,
                  cache_dir=str(_cache_dir(cache_dir)))
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
-    session = _load_data(data, subject, stim_root)
+    session = _load_data(data, subject, stim_root, mapping=mapping)
     result = run_training(session, config, out, progress=True)
     if result.checkpoint_dir is not None:
         typer.echo(json.dumps({"checkpoint": str(result.checkpoint_dir), "metrics": result.metrics}, indent=2,
@@ -257,7 +262,8 @@ def evaluate(
     levels, a time-resolved top-5 curve (-200..1000 ms) and, on simulated data, the
     noise-free ceiling.
     """
-    from glimpse.models.evaluate import evaluate as run_evaluation, format_report
+    from glimpse.models.evaluate import evaluate as run_evaluation
+    from glimpse.models.report import format_report
 
     metrics = run_evaluation(checkpoint, data, n_way=n_way, subjects=subject or None,
                              cache_dir=_cache_dir(cache_dir), out_dir=out or checkpoint / "eval",
@@ -350,9 +356,10 @@ class Backend(str, Enum):
 
 @app.command()
 def decode(
-    stream: Annotated[list[str], typer.Option("--stream", "-s", help="LSL stream name to decode (repeat for several; each one's NAME-markers is followed too).")],
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `glimpse train`.")],
     gallery: Annotated[Path, typer.Option(help="Gallery from `glimpse gallery build`, embedded like the checkpoint's targets.")],
+    stream: Annotated[Optional[list[str]], typer.Option("--stream", "-s", help="LSL stream name to decode (repeat for several; each one's NAME-markers is followed too).")] = None,
+    recording: Annotated[Optional[Path], typer.Option(help="Instead of --stream: a recording (any file `glimpse info` reads, or a BIDS root) fed through the live windower and decoder without LSL, in the chunks a live pull takes; prints the live figure (top-k of the windows ending 0.15-0.65 s after an onset, beside chance). Default grid: fixed.")] = None,
     record: Annotated[Optional[Path], typer.Option(help="Session folder that records samples, markers and frames.  [default: sessions/<date-time>]")] = None,
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds, with a summary.  [default: until Ctrl-C]")] = None,
     backend: Annotated[Backend, typer.Option(help="auto: onnxruntime on CPU when the checkpoint was exported (CHECKPOINT/model.onnx, `glimpse export`), else torch.")] = Backend.auto,
@@ -362,7 +369,8 @@ def decode(
     k: Annotated[int, typer.Option("-k", help="Images retrieved per window.")] = 5,
     hop: Annotated[float, typer.Option(help="Seconds between windows.")] = 0.05,
     allow_missing: Annotated[bool, typer.Option(help="Decode with checkpoint channels missing from the stream (masked in the spatial attention).")] = False,
-    grid: Annotated[Grid, typer.Option(help="Window grid. chunks: after 2 s the grid moves once so that windows end where the sender's chunks end (a window's newest sample no longer waits for the rest of its chunk: ~7 ms less at 1200 Hz in 10 ms chunks). fixed: every hop from the stream's first sample.")] = Grid.chunks,
+    grid: Annotated[Optional[Grid], typer.Option(help="Window grid. chunks: after 2 s the grid moves once so that windows end where the sender's chunks end (a window's newest sample no longer waits for the rest of its chunk: ~7 ms less at 1200 Hz in 10 ms chunks). fixed: every hop from the stream's first sample.  [default: chunks; fixed with --recording]")] = None,
+    max_age: Annotated[Optional[float], typer.Option(help="Skip windows whose newest sample is already older than this many seconds when they are cut (a start-up backlog, a stall), counted as stale.  [default: two hops]")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each stream to appear.")] = 10.0,
 ) -> None:
     """Decode live LSL streams in the terminal: a line per second, a summary at the end.
@@ -374,21 +382,33 @@ def decode(
     frame is written to the session folder while it runs (`glimpse replay
     FOLDER` replays it). The live line shows the decode rate, latency p50/p99
     (from the LSL time of a window's last sample to its frame), dropped and
-    invalid windows, the newest top-1 and, with a markers stream, the true
-    stimulus and the top-k hit rate against chance.
+    stale and invalid windows, the newest top-1 and, with a markers stream, the
+    true stimulus and the top-k hit rate against chance. A window already older
+    than --max-age when it is cut is skipped (counted as stale): what is shown is
+    the present.
+
+    With --recording instead of --stream, a recording goes through the same
+    windower and decoder without LSL, and the same live figure is printed.
 
     Example, with `glimpse demo` done and `glimpse replay
     glimpse-demo/sub-01/meg/sub-01_task-things_meg.fif --name meg` running:
 
       glimpse decode --stream meg --checkpoint glimpse-demo/model --gallery glimpse-demo/gallery/test --duration 60
     """
-    from .decode import run_decode
+    from .decode import run_decode, run_decode_recording
 
-    run_decode(stream, checkpoint, gallery, record=record, duration=duration,
+    if recording is not None:
+        if stream:
+            raise InputError("either --stream (live) or --recording (offline)", "both",
+                             "drop one of them")
+        run_decode_recording(recording, checkpoint, gallery, backend=backend.value, onnx=onnx,
+                             device=device, k=k, hop=hop, allow_missing=allow_missing,
+                             grid=(grid or Grid.fixed).value, threads=threads, echo=typer.echo)
+        return
+    run_decode(stream or [], checkpoint, gallery, record=record, duration=duration,
                backend=backend.value, onnx=onnx, device=device, k=k, hop=hop,
-               allow_missing=allow_missing, grid=grid.value, resolve_timeout=timeout,
-               threads=threads,
-               echo=typer.echo)
+               allow_missing=allow_missing, grid=(grid or Grid.chunks).value,
+               resolve_timeout=timeout, threads=threads, max_age=max_age, echo=typer.echo)
 
 
 # --------------------------------------------------------------------------- demo

@@ -1,10 +1,11 @@
-"""``glimpse decode``: acquisition + worker + session recording, in the terminal.
+"""``glimpse decode``: the live path in the terminal, and its offline face.
 
-One :class:`~glimpse.streaming.acquisition.StreamAcquisition` per stream feeds one
-:class:`~glimpse.service.worker.Worker`; everything acquired (raw samples with their LSL
-timestamps, markers) and every decoded frame goes to the session folder as it
-happens (:mod:`glimpse.streaming.session_log`, unbuffered writes). A line per second says
-how it goes; a summary (also ``summary.json`` in the session folder) ends the run.
+Live (:func:`run_decode`): the streams go through the one live wiring,
+:class:`~glimpse.service.live.LivePath` (an acquisition per stream, one worker,
+the session folder written as it happens: :mod:`glimpse.streaming.session_log`,
+unbuffered writes). A line per second says how it goes; a summary (also
+``summary.json`` in the session folder) ends the run. Offline
+(``glimpse decode --recording``): :mod:`glimpse.service.offline`.
 
 Live accuracy: a frame "knows" its true stimulus when a marker came at most 1 s
 before its window ended. Its stimulus counts as decodable when the window ends
@@ -24,47 +25,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pylsl
-
 from glimpse.streaming.errors import InputError
+
+from .live import TRUTH_MAX_AGE, GalleryIds, LivePath
+
+__all__ = ["TRUTH_MAX_AGE", "TRUTH_SPAN", "GalleryIds", "LiveStats", "format_summary",
+           "load_decoder", "run_decode", "run_decode_recording", "status_line"]
 
 logger = logging.getLogger("glimpse.service.decode")
 
 #: Window ends (s after the stimulus onset) whose frames count in the live hit rate.
 TRUTH_SPAN = (0.15, 0.65)
-#: Largest age (s) of a marker that still names a window's stimulus.
-TRUTH_MAX_AGE = 1.0
-#: Windows queued per stream before the oldest is dropped.
-QUEUE_SIZE = 8
-
-
-class GalleryIds:
-    """Match a marker's ``stim_file`` (absolute on the sender's machine) to a gallery id.
-
-    Gallery ids are paths relative to the dataset root (``stimuli/test/x/x_01.png``);
-    markers name files as the replaying machine saw them. The longest path suffix
-    that is an id wins.
-    """
-
-    def __init__(self, ids: Sequence[str]):
-        self._ids = {str(i): n for n, i in enumerate(ids)}
-        self._cache: dict[str, str | None] = {}
-
-    def match(self, stim_file: Any) -> str | None:
-        if not isinstance(stim_file, str) or not stim_file:
-            return None
-        if stim_file not in self._cache:
-            parts = PurePath(stim_file.replace("\\", "/")).parts
-            self._cache[stim_file] = next(
-                (cand for cand in ("/".join(parts[i:]) for i in range(len(parts)))
-                 if cand in self._ids), None)
-        return self._cache[stim_file]
-
 
 class LiveStats:
     """What the live line and the summary report; fed by the worker's frames."""
@@ -120,10 +96,11 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
     """The live line: decode rate, latency, drops, the newest top-1, the truth."""
     total = worker_stats["latency_ms"]["total"]
     invalid = sum(a["n_invalid_windows"] for a in acq_stats)
+    stale = sum(a["n_stale"] for a in acq_stats)
     lost = [a["stream_id"] for a in acq_stats if a["state"] != "streaming"]
     parts = [f"{worker_stats['decode_rate']:5.1f} frames/s",
              f"latency p50 {_fmt_ms(total['p50'])} p99 {_fmt_ms(total['p99'])} ms",
-             f"dropped {worker_stats['n_dropped']}", f"invalid {invalid}"]
+             f"dropped {worker_stats['n_dropped']}", f"stale {stale}", f"invalid {invalid}"]
     if lost:
         parts.append(f"LOST {','.join(lost)}")
     frame = live.last
@@ -141,34 +118,21 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
     return " | ".join(parts)
 
 
-def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Path, *,
-               record: Path | None = None, duration: float | None = None,
-               backend: str = "auto", onnx: str | Path | None = None, device: str = "cpu",
-               k: int = 5, hop: float = 0.05, allow_missing: bool = False,
-               grid: str = "chunks", resolve_timeout: float = 10.0, threads: int | None = 1,
-               echo: Callable[[str], None] = print, interval: float = 1.0,
-               stop: threading.Event | None = None) -> dict[str, Any]:
-    """Decode ``streams`` live until ``duration`` s, Ctrl-C/SIGTERM or ``stop``; the summary.
+def load_decoder(checkpoint: str | Path, gallery: str | Path, *, backend: str = "auto",
+                 onnx: str | Path | None = None, device: str = "cpu", k: int = 5,
+                 threads: int | None = 1):
+    """``(decoder, backend)``: the checkpoint and gallery loaded, as ``glimpse decode`` runs them.
 
     ``backend`` "auto": onnxruntime on CPU when ``onnx`` or CHECKPOINT/model.onnx
     exists (3x faster than eager torch at batch 1 for the default encoder), else
     torch. ``threads``: torch's and onnxruntime's CPU threads (None: leave them).
-    ``grid``: the acquisition's window grid (``chunks``: moved once onto each sender's
-    chunk ends, which saves up to a chunk of latency; ``fixed``: every hop from the
-    first sample).
     """
     from glimpse.models.checkpoint import load_checkpoint
     from glimpse.models.export import ONNX_NAME
     from glimpse.models.gallery import Gallery
-    from .worker import Decoder, Worker, freeze_heap
-    from glimpse.streaming.session_log import SessionWriter
 
-    if not streams:
-        raise InputError("at least one --stream NAME", "none", "pass --stream with the LSL "
-                         "stream's name (glimpse replay prints it)")
-    if duration is not None and not duration > 0:
-        raise InputError("--duration a positive number of seconds", repr(duration),
-                         "leave it out to decode until Ctrl-C")
+    from .decoder import Decoder
+
     exported = Path(onnx) if onnx is not None else Path(checkpoint) / ONNX_NAME
     if backend == "auto":
         backend = "onnx" if device == "cpu" and exported.is_file() else "torch"
@@ -185,100 +149,119 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
     gal = Gallery.load(gallery, device=device)
     decoder = Decoder(ckpt, gal, k=k, backend=backend, onnx_path=onnx, device=device,
                       threads=threads)
+    return decoder, backend
+
+
+def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Path, *,
+               record: Path | None = None, duration: float | None = None,
+               backend: str = "auto", onnx: str | Path | None = None, device: str = "cpu",
+               k: int = 5, hop: float = 0.05, allow_missing: bool = False,
+               grid: str = "chunks", resolve_timeout: float = 10.0, threads: int | None = 1,
+               max_age: float | None = None, echo: Callable[[str], None] = print,
+               interval: float = 1.0, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Decode ``streams`` live until ``duration`` s, Ctrl-C/SIGTERM or ``stop``; the summary.
+
+    ``backend``, ``onnx``, ``threads``: see :func:`load_decoder`. ``grid``: the
+    acquisition's window grid (``chunks``: moved once onto each sender's chunk ends,
+    which saves up to a chunk of latency; ``fixed``: every hop from the first
+    sample). ``max_age``: windows whose newest sample is older than this when cut are
+    skipped and counted as stale (default: two hops).
+    """
+    from glimpse.streaming.session_log import SessionWriter
+
+    if not streams:
+        raise InputError("at least one --stream NAME", "none", "pass --stream with the LSL "
+                         "stream's name (glimpse replay prints it)")
+    if duration is not None and not duration > 0:
+        raise InputError("--duration a positive number of seconds", repr(duration),
+                         "leave it out to decode until Ctrl-C")
+    if max_age is not None and not max_age > 0:
+        raise InputError("--max-age a positive number of seconds", repr(max_age),
+                         "leave it out for two hops")
+    decoder, backend = load_decoder(checkpoint, gallery, backend=backend, onnx=onnx,
+                                    device=device, k=k, threads=threads)
+    ckpt, gal = decoder.checkpoint, decoder.gallery
     if allow_missing and not decoder.supports_mask:
         raise InputError("a model that can mask missing channels with --allow-missing",
                          f"{ckpt.model_name} (no channel mask)",
                          "stream every checkpoint channel, or drop --allow-missing")
     folder = _session_folder(record)
-    writer = SessionWriter(folder)
-    ids = GalleryIds(gal.ids)
     live = LiveStats(k, len(gal))
-    acquisitions: list[Any] = []
-
-    def truth(stream_id: str, t_end: float) -> dict | None:
-        # By the current id: a stream that came back from another outlet has a new one.
-        acq = next((a for a in acquisitions if a.stream_id == stream_id), None)
-        marker = acq.truth_at(t_end, TRUTH_MAX_AGE) if acq is not None else None
-        if marker is None:
-            return None
-        return {**marker, "id": ids.match(marker.get("stim_file")),
-                "age_s": float(t_end - marker["t"])}
-
-    # 8 windows (400 ms) per stream, all of them in one batch: the backlog of the first
-    # pull after a (re)connect is decoded, not dropped, when the worker keeps up.
-    worker = Worker(decoder, session=folder.name, truth=truth, queue_size=QUEUE_SIZE,
-                    on_frame=[writer.write_frame, live.on_frame],
-                    max_batch=QUEUE_SIZE * len(streams))
-    # Before any stream flows: no 100 ms garbage-collector pauses once decoding, and
-    # the worker takes the first windows (the backlog of the first pulls) at once.
-    freeze_heap()
-    worker.start()
-    try:
-        for name in streams:
-            acq = _acquisition(name, ckpt, writer, worker, hop=hop, allow_missing=allow_missing,
-                               grid=grid, resolve_timeout=resolve_timeout)
-            acquisitions.append(acq)
-    except BaseException:
-        for acq in acquisitions:
-            acq.stop()
-        worker.stop()
-        writer.close()
-        if record is None and not acquisitions:  # nothing recorded: leave no empty session
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
     stop = stop or threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    start = time.monotonic()
-    echo(f"glimpse decode: {', '.join(streams)} -> {folder}/ ({backend} on {device}, "
-         f"{ckpt.model_name}, gallery of {len(gal)}); Ctrl-C stops")
-    try:
+    summary: dict[str, Any] = {}
+    with ExitStack() as stack:  # unwinds in reverse order, whatever stops the run
+        writer = SessionWriter(folder)
+        path = LivePath(decoder, streams, session=folder.name, writer=writer,
+                        ids=GalleryIds(gal.ids), on_frame=[live.on_frame], hop=hop,
+                        allow_missing=allow_missing, grid=grid, max_age=max_age,
+                        resolve_timeout=resolve_timeout)
+        if record is None:  # no stream ever started: leave no empty session behind
+            stack.callback(lambda: path.acquisitions or shutil.rmtree(folder, ignore_errors=True))
+        stack.callback(writer.close)
+        path.start()
+        stack.callback(_summarise, summary, folder, path, live, time.monotonic())
+        stack.callback(path.stop)  # before the summary: no sample or frame after it
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                stack.callback(signal.signal, signum, signal.signal(signum, lambda *_: stop.set()))
+        start = time.monotonic()
+        echo(f"glimpse decode: {', '.join(streams)} -> {folder}/ ({backend} on {device}, "
+             f"{ckpt.model_name}, gallery of {len(gal)}); Ctrl-C stops")
         while not stop.wait(interval):
-            echo(status_line(worker.stats(), [a.stats() for a in acquisitions], live))
+            stats = path.stats()
+            echo(status_line(stats["worker"], stats["streams"], live))
             if duration is not None and time.monotonic() - start >= duration:
                 break
-    finally:
-        for acq in acquisitions:
-            acq.stop()
-        worker.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        summary = {"session": str(folder), "seconds": round(time.monotonic() - start, 1),
-                   "worker": worker.stats(),
-                   "streams": [a.stats() for a in acquisitions],
-                   "accuracy": live.summary()}
-        (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n",
-                                             encoding="utf-8")
-        writer.close()
     echo(format_summary(summary))
     return summary
 
 
-def _acquisition(name: str, ckpt, writer, worker, **options):
-    """A started acquisition of stream ``name`` that records to ``writer`` and feeds ``worker``."""
-    from glimpse.streaming.acquisition import StreamAcquisition
-    from glimpse.streaming.lsl import channel_info
+def _summarise(summary: dict, folder: Path, path: LivePath, live: LiveStats,
+               start: float) -> None:
+    """Fill ``summary`` and write summary.json, once acquisitions and worker stopped."""
+    stats = path.stats()
+    summary.update(session=str(folder), seconds=round(time.monotonic() - start, 1),
+                   worker=stats["worker"], streams=stats["streams"], accuracy=live.summary())
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
 
-    sinks: dict[str, Any] = {}
 
-    def on_stream(info: pylsl.StreamInfo) -> None:  # at (re)connect: the layout may change
-        labels, types, units = channel_info(info)
-        sinks["writer"] = writer.add_stream(info.name(), info.source_id(), info.nominal_srate(),
-                                            labels, types, units)
-        sinks["markers"] = f"{info.name()}-markers"
+def run_decode_recording(recording: str | Path, checkpoint: str | Path, gallery: str | Path,
+                         *, backend: str = "auto", onnx: str | Path | None = None,
+                         device: str = "cpu", k: int = 5, hop: float = 0.05,
+                         allow_missing: bool = False, grid: str = "fixed",
+                         threads: int | None = 1,
+                         echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The offline face of ``glimpse decode``: ``recording`` through the live windower and
+    decoder, without LSL (:mod:`glimpse.service.offline`); the summary, its live figure."""
+    from .offline import decode_recording
 
-    def on_samples(data: np.ndarray, times: np.ndarray) -> None:
-        sinks["writer"].write(data, times)  # written before the callback returns
+    decoder, backend = load_decoder(checkpoint, gallery, backend=backend, onnx=onnx,
+                                    device=device, k=k, threads=threads)
+    if allow_missing and not decoder.supports_mask:
+        raise InputError("a model that can mask missing channels with --allow-missing",
+                         f"{decoder.checkpoint.model_name} (no channel mask)",
+                         "pass a recording with every checkpoint channel, or drop "
+                         "--allow-missing")
+    live = LiveStats(k, len(decoder.gallery))
+    result = decode_recording(recording, decoder, hop=hop, grid=grid,
+                              allow_missing=allow_missing, on_frame=live.on_frame)
+    summary = {**result, "accuracy": live.summary()}
+    s, acc = result["stream"], summary["accuracy"]
+    echo(f"glimpse decode --recording {recording} ({backend} on {device}, "
+         f"{decoder.checkpoint.model_name}, gallery of {len(decoder.gallery)}): "
+         f"{s['n_windows']} windows ({s['n_invalid_windows']} invalid), {s['n_gaps']} gaps, "
+         f"{result['trials']} trials")
+    echo(_accuracy_line(acc) if acc["frames_with_truth"] else
+         "  no window ends 0.15-0.65 s after a trial whose stimulus is in the gallery")
+    return summary
 
-    def on_marker(t: float, marker: object, valid: bool) -> None:
-        writer.write_marker(t, sinks.get("markers", ""), marker, valid)
 
-    return StreamAcquisition(name, ch_names=ckpt.ch_names, preprocess=ckpt.preprocess,
-                             n_times=ckpt.n_times, on_window=worker.submit,
-                             on_samples=on_samples, on_marker=on_marker, on_stream=on_stream,
-                             **options).start()
+def _accuracy_line(acc: dict[str, Any]) -> str:
+    return (f"  true stimulus in the top-{acc['k']}: {100 * acc['topk']:.1f}% of "
+            f"{acc['frames_with_truth']} windows ending {acc['truth_span_s'][0]:g}-"
+            f"{acc['truth_span_s'][1]:g} s after an onset (chance "
+            f"{100 * acc['chance_topk']:.1f}%); top-1 {100 * acc['top1']:.1f}% "
+            f"(chance {100 * acc['chance_top1']:.1f}%)")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -289,14 +272,11 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{_fmt_ms(total['p99'])} ms; dropped {w['n_dropped']}"]
     for s in summary["streams"]:
         lines.append(f"  {s['stream_id']}: {s['n_samples']} samples, {s['n_windows']} windows "
-                     f"({s['n_invalid_windows']} invalid), {s['n_gaps']} gaps, "
+                     f"({s['n_stale']} stale, {s['n_invalid_windows']} invalid), "
+                     f"{s['n_gaps']} gaps, "
                      f"{s['n_lost']} lost / {s['n_reconnects']} reconnects, "
                      f"{s['n_markers']} markers ({s['n_bad_markers']} malformed)")
     if acc["frames_with_truth"]:
-        lines.append(f"  true stimulus in the top-{acc['k']}: {100 * acc['topk']:.1f}% of "
-                     f"{acc['frames_with_truth']} windows ending {acc['truth_span_s'][0]:g}-"
-                     f"{acc['truth_span_s'][1]:g} s after an onset (chance "
-                     f"{100 * acc['chance_topk']:.1f}%); top-1 {100 * acc['top1']:.1f}% "
-                     f"(chance {100 * acc['chance_top1']:.1f}%)")
+        lines.append(_accuracy_line(acc))
     lines.append(f"  session recorded in {summary['session']}/")
     return "\n".join(lines)

@@ -129,9 +129,10 @@ def _model_lines(out: Path, train_config: Any) -> list[str]:
     """Train (once), evaluate (once) and build the test gallery (once); summary lines."""
     from glimpse.models.data import load_session
     from glimpse.models.embedders import load_embedder
-    from glimpse.models.evaluate import evaluate, write_report
+    from glimpse.models.evaluate import evaluate
     from glimpse.models.export import ONNX_NAME, export_checkpoint_onnx
     from glimpse.models.gallery import Gallery, build_gallery, gallery_files
+    from glimpse.models.report import write_report
     from glimpse.models.train import TrainConfig, train
 
     ckpt_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR

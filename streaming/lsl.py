@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pylsl
 
+from .channels import listing
 from .errors import InputError
 
 logger = logging.getLogger("glimpse.streaming.lsl")
@@ -114,9 +115,7 @@ def find_stream(name: str | None = None, source_id: str | None = None, *,
     found = pylsl.resolve_bypred(pred, minimum=1, timeout=max(0.0, float(timeout)))
     if not found:
         others = list_streams(wait=min(1.0, max(0.2, float(timeout))))
-        shown = "; ".join(describe(s) for s in others[:20]) or "no stream at all"
-        if len(others) > 20:
-            shown += f"; and {len(others) - 20} more"
+        shown = listing([describe(s) for s in others], 20) or "no stream at all"
         want = " and ".join(f"{k} '{v}'" for k, v in (("name", name), ("source_id", source_id))
                             if v is not None)
         raise InputError(f"an LSL stream with {want} within {timeout:g} s",

@@ -17,16 +17,28 @@ import numpy as np
 class Window:
     """One sliding window, ready for the brain encoder.
 
-    data        float32 ``(n_chans, n_times)``, preprocessed, checkpoint channel order;
-                missing channels are zeros and ``False`` in ``chan_mask``.
-    t_end       LSL timestamp of the newest input sample the window depends on
-                (latency counts from here).
-    t_pulled    ``local_clock()`` when the chunk that completed the window left the inlet.
-    t_cut       ``local_clock()`` when the window was cut (preprocessing done).
-    stream_id   the stream's source id (or its name when it has none).
-    ch_names    the window's channel names (the checkpoint's).
-    seq         per-stream window counter, from 0; a jump means windows were skipped.
-    chan_mask   bool ``(n_chans,)``, or None when every channel is present.
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 ``(n_chans, n_times)``, preprocessed, checkpoint channel order;
+        missing channels are zeros and ``False`` in ``chan_mask``.
+    t_end : float
+        LSL timestamp of the newest input sample the window depends on
+        (latency counts from here).
+    t_pulled : float
+        ``local_clock()`` when the chunk that completed the window left the inlet
+        (the ``now`` given to the windower; offline, the chunk's newest timestamp).
+    t_cut : float
+        ``local_clock()`` when the window was cut (preprocessing done); offline, ``t_pulled``.
+    stream_id : str
+        The stream's source id (or its name when it has none).
+    ch_names : tuple of str
+        The window's channel names (the checkpoint's).
+    seq : int
+        Per-stream window counter, from 0; a jump means windows were skipped
+        (invalid or stale).
+    chan_mask : numpy.ndarray or None
+        bool ``(n_chans,)``, or None when every channel is present.
     """
 
     data: np.ndarray

@@ -37,15 +37,6 @@ _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 NOT_IMPORTED = {
     "torchvision": "open_clip imports it; declared so torch and it resolve as a pair",
     "onnx": "torch.onnx.export writes through it (glimpse export)",
-    "mne-lsl": "kept while its use for acquisition is measured (issue 9)",
-    "diffusers": "image generation, a later issue",
-    "fastapi": "the service, a later issue",
-    "uvicorn": "the service, a later issue",
-    "websockets": "the service, a later issue",
-    "pydantic-settings": "the service's settings, a later issue",
-    "edfio": "MNE writes EDF/BDF with it",
-    "eeglabio": "MNE writes EEGLAB with it",
-    "pybv": "MNE and mne-bids write BrainVision with it",
 }
 
 

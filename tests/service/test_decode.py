@@ -135,3 +135,61 @@ def test_decode_refuses_bad_options_before_any_lsl_work(decoder_files, tmp_path)
         run_decode(["x"], ckpt, gallery, backend="onnx")
     with pytest.raises(InputError, match="--stream"):
         run_decode([], ckpt, gallery)
+
+
+# ---------------------------------------------------------------------- offline face
+def test_offline_face_cuts_the_windows_the_live_acquisition_cuts(decoder_files):
+    """The same recording, replayed over LSL on loopback into a StreamAcquisition (fixed
+    grid), and fed offline through the windower: the same windows, number for number."""
+    import math
+    import time
+
+    from glimpse.models.checkpoint import load_checkpoint
+    from glimpse.service.offline import recording_windows
+    from glimpse.streaming.acquisition import StreamAcquisition
+    from glimpse.streaming.replay import Replay
+    from glimpse.streaming.windower import Windower
+
+    root, ckpt_dir, _ = decoder_files
+    ckpt = load_checkpoint(ckpt_dir)
+    rec = open_recording(root / "sub-01" / "meg" / "sub-01_task-things_meg.fif",
+                         check_stimuli=False)
+    name = f"offline-{uuid.uuid4().hex[:10]}"
+    live = []
+    acq = StreamAcquisition(name, ch_names=ckpt.ch_names, preprocess=ckpt.preprocess,
+                            n_times=ckpt.n_times, grid="fixed", max_age=math.inf,
+                            markers=False, on_window=live.append, resolve_timeout=30.0)
+    n_samples = int(8 * rec.sfreq)  # 8 s of signal, 2 s of wall time at speed 4
+    with Replay(rec, name=name, source_id=name, speed=4, wait_for_consumer=30):
+        acq.start()
+        deadline = time.monotonic() + 60
+        while acq.stats()["n_samples"] < n_samples and time.monotonic() < deadline:
+            time.sleep(0.05)
+        acq.stop()
+    stats = acq.stats()
+    assert stats["n_samples"] >= n_samples and stats["n_gaps"] == 0
+    assert len(live) > 100 and [w.seq for w in live] == list(range(len(live)))
+
+    def windower_of(**stream):
+        return Windower(ckpt.ch_names, ckpt.preprocess, ckpt.n_times, grid="fixed",
+                        max_age=math.inf, **stream)
+
+    windows, markers, _ = recording_windows(rec, windower_of)
+    offline = [w for _, w in zip(range(len(live)), windows)]
+    assert len(offline) == len(live)
+    for a, b in zip(live, offline, strict=True):
+        assert a.seq == b.seq and a.data.shape == b.data.shape
+        np.testing.assert_allclose(a.data, b.data, atol=1e-4, rtol=1e-4)
+    # The trials are its markers, stamped on the recording's clock.
+    first = min(rec.trials, key=lambda t: t.sample)
+    assert len(markers) == len(rec.trials)
+    assert markers.truth_at(first.sample / rec.sfreq)["concept"] == first.concept
+
+
+def test_decode_recording_prints_the_live_figure(decoder_files, capsys):
+    root, ckpt, gallery = decoder_files
+    code = main(["decode", "--recording", str(root / "sub-01" / "meg" / "sub-01_task-things_meg.fif"),
+                 "--checkpoint", str(ckpt), "--gallery", str(gallery)])
+    out = capsys.readouterr().out
+    assert code == 0 and "windows (0 invalid)" in out
+    assert "true stimulus in the top-5" in out and "chance" in out

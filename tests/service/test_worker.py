@@ -22,7 +22,8 @@ from glimpse.models.baselines import RidgeBaseline
 from glimpse.models.brain_encoder import BrainEncoder, BrainEncoderConfig, export_onnx
 from glimpse.models.checkpoint import load_checkpoint, save_checkpoint
 from glimpse.models.gallery import Gallery
-from glimpse.service.worker import STAGES, Decoder, Worker, freeze_heap
+from glimpse.service.decoder import STAGES, Decoder
+from glimpse.service.worker import Worker, freeze_heap
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.preprocess import PreprocessConfig
 from glimpse.streaming.window import Window
@@ -348,8 +349,24 @@ def test_slow_decoding_drops_the_oldest_windows(gated):
 
 
 @pytest.mark.timeout(30)
+def test_by_default_each_stream_keeps_only_its_newest_window(gated):
+    worker, gate, frames = gated()  # the policy of glimpse decode, the bench and the service
+    assert worker.queue_size == 1
+    worker.submit(_windows(1, stream="warm")[0])
+    assert gate.entered.wait(WAIT)
+    for stream in ("a", "b"):
+        for w in _windows(3, stream=stream):
+            worker.submit(w)
+    assert worker.stats()["pending"] == {"warm": 0, "a": 1, "b": 1}
+    gate.open_.set()
+    frames.wait(3)
+    assert sorted(gate.batches[1]) == [("a", 2), ("b", 2)]  # one forward pass, the newest
+    assert worker.stats()["dropped"] == {"a": 2, "b": 2}
+
+
+@pytest.mark.timeout(30)
 def test_streams_are_batched_together(gated):
-    worker, gate, frames = gated(max_batch=32)
+    worker, gate, frames = gated(max_batch=32, queue_size=2)
     worker.submit(_windows(1, stream="warm")[0])
     assert gate.entered.wait(WAIT)
     for stream in ("a", "b", "c"):
@@ -367,7 +384,7 @@ def test_streams_are_batched_together(gated):
 
 @pytest.mark.timeout(30)
 def test_a_full_batch_takes_the_streams_served_least_recently(gated):
-    worker, gate, frames = gated(max_batch=2)
+    worker, gate, frames = gated(max_batch=2, queue_size=2)
     worker.submit(_windows(1, stream="warm")[0])
     assert gate.entered.wait(WAIT)
     for stream in ("a", "b", "c"):  # never served: the oldest pending window goes first
@@ -459,9 +476,11 @@ def test_truth_fills_frames_and_stats_summarise(gated):
     assert stats["state"] == "running" and stats["n_decoded"] == 5 and stats["n_dropped"] == 0
     assert stats["decode_rate"] > 0 and stats["batch_size_mean"] == 1.0
     assert set(stats["latency_ms"]) == set(STAGES)
-    for stage in STAGES:
-        p = stats["latency_ms"][stage]
-        assert p["p50"] <= p["p95"] <= p["p99"]
+    for stage in STAGES:  # the percentiles of the frames' own latencies
+        recorded = [f["latency_ms"][stage] for f in frames.frames]
+        want = np.percentile(recorded, [50, 95, 99])
+        got = stats["latency_ms"][stage]
+        assert [got["p50"], got["p95"], got["p99"]] == pytest.approx(want.tolist())
     assert stats["latency_ms"]["total"]["p50"] >= stats["latency_ms"]["encode"]["p50"]
     json.dumps(stats, allow_nan=False)
 
@@ -486,12 +505,15 @@ def test_lifecycle(decoder):
 def test_freeze_heap_exempts_the_setup_from_collections():
     import gc
 
+    setup = [object() for _ in range(3)]  # alive when the session is set up
     try:
         freeze_heap()
-        frozen = gc.get_freeze_count()
-        assert frozen > 10_000  # torch, onnxruntime, numpy, the test's own objects
-        t = time.perf_counter()
-        gc.collect()
-        assert time.perf_counter() - t < 0.05  # the frozen heap is not walked
+        assert gc.get_freeze_count() > 0
+        # Moved to the permanent generation: no collection walks them any more ...
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(setup) not in tracked
+        later = [object()]  # ... while what the session allocates since is collected
+        assert any(o is later for o in gc.get_objects())
     finally:
         gc.unfreeze()
+    assert any(o is setup for o in gc.get_objects())

@@ -13,10 +13,10 @@ from glimpse.streaming.errors import InputError
 from glimpse.streaming.preprocess import (
     OnlinePreprocessor,
     PreprocessConfig,
-    _SosBlock,
     fit_scaler,
     preprocess_raw,
 )
+from glimpse.streaming.preprocess.filters import SosBlock
 
 PARITY_TOL = 1e-5  # scaled units (the issue's acceptance threshold)
 
@@ -378,7 +378,7 @@ def test_online_offline_parity_on_a_simulated_session(small_meg_session):
                          ids=["band-pass", "notch"])
 def test_short_blocks_filter_exactly_as_sosfilt(sos):
     """Live chunks take the matrix form of the IIR cascade; it is sosfilt's recursion."""
-    block = _SosBlock(sos)
+    block = SosBlock(sos)
     rng = np.random.default_rng(0)
     for m in (1, 2, 6, 13, 64):
         x = rng.standard_normal((5, m))
