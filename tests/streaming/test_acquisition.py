@@ -24,18 +24,11 @@ from glimpse.streaming.errors import InputError
 from glimpse.streaming.lsl import find_stream, unit_scale
 from glimpse.streaming.preprocess import OnlinePreprocessor, PreprocessConfig, fit_scaler
 
+from fitted import HOP_OUT, N_TIMES
+from fitted import fitted_config as _config
+from fitted import names as _names
+
 OUTLET = Path(__file__).with_name("lsl_outlet.py")
-N_TIMES, HOP_OUT = 30, 6  # 250 ms windows, 50 ms hop at the 120 Hz output
-
-
-def _names(n: int) -> list[str]:
-    return [f"EEG{i:03d}" for i in range(n)]
-
-
-def _config(names, scale: float = 1e-5) -> PreprocessConfig:
-    """A fitted config, as a checkpoint stores it (center/scale set directly)."""
-    return PreprocessConfig(ch_names=tuple(names), center=(0.0,) * len(names),
-                            scale=(scale,) * len(names))
 
 
 def _wait(condition, timeout: float, what: str) -> None:
