@@ -109,8 +109,9 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
         parts.append(f"top-1 {best['id']} ({best['score']:.2f})")
         truth = frame.get("truth")
         if truth:
-            parts.append(f"truth {truth.get('id') or truth.get('stim_file')} "
-                         f"({truth.get('age_s', 0):+.2f} s)")
+            # A stimulus outside the gallery (a training image) by its file name only.
+            shown = truth.get("id") or f"{Path(str(truth.get('stim_file'))).name} (not in gallery)"
+            parts.append(f"truth {shown} ({truth.get('age_s', 0):+.2f} s)")
     s = live.summary()
     if s["frames_with_truth"]:
         parts.append(f"top-{s['k']} hit {100 * s['topk']:.0f}% of {s['frames_with_truth']} "
