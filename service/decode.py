@@ -109,8 +109,10 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
         parts.append(f"top-1 {best['id']} ({best['score']:.2f})")
         truth = frame.get("truth")
         if truth:
-            # A stimulus outside the gallery (a training image) by its file name only.
-            shown = truth.get("id") or f"{Path(str(truth.get('stim_file'))).name} (not in gallery)"
+            # Outside the gallery (a training image): the file name; no file: what the marker says.
+            stim = truth.get("stim_file")
+            shown = truth.get("id") or (f"{Path(str(stim)).name} (not in gallery)" if stim else
+                                        truth.get("concept") or truth.get("trial_type") or "?")
             parts.append(f"truth {shown} ({truth.get('age_s', 0):+.2f} s)")
     s = live.summary()
     if s["frames_with_truth"]:

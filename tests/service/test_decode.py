@@ -193,3 +193,33 @@ def test_decode_recording_prints_the_live_figure(decoder_files, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "windows (0 invalid)" in out
     assert "true stimulus in the top-5" in out and "chance" in out
+
+
+def test_live_line_counts_and_names_the_truth():
+    """The live line: rate, latency, drops, stale, invalid, the newest top-1 and its truth."""
+    from glimpse.service.decode import LiveStats, status_line
+
+    worker = {"decode_rate": 20.0, "n_dropped": 1,
+              "latency_ms": {"total": {"p50": 3.25, "p99": 9.75}}}
+    acq = [{"n_invalid_windows": 2, "n_stale": 7, "stream_id": "a", "state": "streaming"},
+           {"n_invalid_windows": 0, "n_stale": 1, "stream_id": "b", "state": "lost"}]
+    live = LiveStats(k=5, gallery_size=48)
+    topk = [{"id": f"stimuli/test/x_{i}.png", "score": 0.5 - i / 10} for i in range(5)]
+
+    def line(truth: dict | None) -> str:
+        live.on_frame({"topk": topk, "truth": truth, "t_decoded": 0.0})
+        return status_line(worker, acq, live)
+
+    text = line({"id": "stimuli/test/x_3.png", "stim_file": "/s/stimuli/test/x_3.png",
+                 "age_s": 0.3})
+    assert text.startswith(" 20.0 frames/s | latency p50 3.2 p99 9.8 ms | dropped 1 | "
+                           "stale 8 | invalid 2 | LOST b | top-1 stimuli/test/x_0.png (0.50)")
+    assert "truth stimuli/test/x_3.png (+0.30 s)" in text
+    assert "top-5 hit 100% of 1 (chance 10%)" in text
+    # A training image is not in the gallery: its file name, said so, and not counted.
+    text = line({"id": None, "stim_file": "/s/stimuli/train/y/y_02.png", "age_s": 0.4})
+    assert "truth y_02.png (not in gallery) (+0.40 s)" in text and "of 1 " in text
+    # A marker without a file (annotations without a mapping): what the marker says.
+    text = line({"id": None, "stim_file": None, "concept": None, "trial_type": "face",
+                 "age_s": 0.2})
+    assert "truth face (+0.20 s)" in text
