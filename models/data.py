@@ -409,7 +409,8 @@ def fit_training_scaler(runs: list[Run], table: TrialTable, config: PreprocessCo
     if not len(train):
         raise InputError("training trials (split 'train', trial_type 'exp' in THINGS)",
                          f"none among {len(table)} trials",
-                         "check the events' split column (EventColumns.splits)")
+                         "check the events' split column (EventColumns.splits), or map "
+                         "marker/annotation labels to stimuli and splits with --mapping")
     pieces = []
     for r, run in enumerate(runs):
         mask = np.zeros(run.n_samples, bool)

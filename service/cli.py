@@ -66,7 +66,7 @@ def _main(
 
 @app.command()
 def info(
-    recording: Annotated[Path, typer.Argument(help="A recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set), a file inside a BIDS dataset, a BIDS root, or a session folder recorded by `glimpse decode`.")],
+    recording: Annotated[Path, typer.Argument(help="A recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set, LabRecorder .xdf), a file inside a BIDS dataset, a BIDS root, or a session folder recorded by `glimpse decode`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")] = False,
     subject: Annotated[Optional[str], typer.Option(help="BIDS root only: the subject to open (e.g. 01).")] = None,
     session: Annotated[Optional[str], typer.Option(help="BIDS root only: the session.")] = None,
@@ -75,6 +75,7 @@ def info(
     stim_root: Annotated[Optional[Path], typer.Option(help="Folder that relative stimulus paths start from (default: the BIDS root, the mapping file's folder, or the recording's folder). THINGS-MEG: the THINGS image folder (<concept>/<image>.jpg).")] = None,
     mapping: Annotated[Optional[Path], typer.Option(help="JSON or TSV file mapping annotation descriptions or trigger values to stimulus files (columns: key, stim_file, concept, split). THINGS-MEG without sourcedata/: a TSV/CSV of things_image_nr -> image_path.")] = None,
     stim_channel: Annotated[Optional[str], typer.Option(help="Trigger channel to read events from (default: auto-detect).")] = None,
+    stream: Annotated[Optional[str], typer.Option(help="XDF only: the name of the signal stream (default: the first numeric one).")] = None,
 ) -> None:
     """Describe a recording: system, channel types and counts, sfreq, duration, events.
 
@@ -90,7 +91,7 @@ def info(
     from glimpse.streaming.recordings import describe
 
     options = dict(subject=subject, session=session, task=task, run=run, stim_root=stim_root,
-                   mapping=mapping, stim_channel=stim_channel)
+                   mapping=mapping, stim_channel=stim_channel, stream=stream)
     description = describe(recording, **{k: v for k, v in options.items() if v is not None})
     if as_json:
         typer.echo(json.dumps(description, indent=2))
@@ -313,13 +314,15 @@ def export(
 
 @app.command()
 def replay(
-    recording: Annotated[Path, typer.Argument(help="What to stream: a recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set), a file inside a BIDS dataset (its events.tsv gives the markers), or a session folder recorded by `glimpse decode`.")],
+    recording: Annotated[Path, typer.Argument(help="What to stream: a recording file (FIF, CTF .ds, EDF, BDF, BrainVision .vhdr, EEGLAB .set, LabRecorder .xdf), a file inside a BIDS dataset (its events.tsv gives the markers), or a session folder recorded by `glimpse decode`.")],
     name: Annotated[str, typer.Option(help="LSL stream name; the stimuli go to NAME-markers.")] = "glimpse-replay",
     source_id: Annotated[Optional[str], typer.Option(help="LSL source id, by which inlets find a restarted replay again.  [default: derived from NAME and the file]")] = None,
     speed: Annotated[float, typer.Option(help="Playback speed: 1 is real time, 10 ten times faster (the declared sfreq stays the recording's).")] = 1.0,
     loop: Annotated[bool, typer.Option(help="Start again at the end, until Ctrl-C.")] = False,
     chunk_ms: Annotated[float, typer.Option(help="Push a chunk every CHUNK_MS milliseconds of wall time.")] = 10.0,
     index_channel: Annotated[bool, typer.Option(help="Append a SAMPLE_INDEX channel (type misc) counting samples, to check that none is dropped.")] = False,
+    mapping: Annotated[Optional[Path], typer.Option(help="JSON or TSV file mapping annotation descriptions (XDF: marker strings) or trigger values to stimulus files (see `glimpse info --help`).")] = None,
+    stream: Annotated[Optional[str], typer.Option(help="XDF only: the name of the signal stream (default: the first numeric one).")] = None,
 ) -> None:
     """Stream a recording over LSL as if it were live, with its stimuli as markers.
 
@@ -336,8 +339,11 @@ def replay(
 
       glimpse replay sessions/2024-05-01 --speed 10 --loop
     """
+    from glimpse.streaming.recordings import open_recording
     from glimpse.streaming.replay import format_summary, run_replay
 
+    if mapping is not None or stream is not None:
+        recording = open_recording(recording, mapping=mapping, stream=stream, check_stimuli=False)
     stats = run_replay(recording, name=name, source_id=source_id, speed=speed, loop=loop,
                        chunk_ms=chunk_ms, index_channel=index_channel)
     typer.echo(format_summary(stats))

@@ -79,7 +79,7 @@ def format_of(path: Path) -> str:
                          f"{path}, one of its companion files", f"pass {target}")
     if ext not in FORMATS:
         raise InputError(
-            f"a MEG/EEG recording ({', '.join(FORMATS)}, or a BIDS folder)",
+            f"a MEG/EEG recording ({', '.join(FORMATS)}, .xdf, or a BIDS folder)",
             f"{path} ({ext or 'no extension'})",
             "convert it to one of those (e.g. FIF with MNE, or EDF) or pass a BIDS dataset")
     return FORMATS[ext]

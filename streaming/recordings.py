@@ -13,6 +13,7 @@ epochs, which are not a raw recording.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -43,6 +44,7 @@ from .trials import (
     stim_channels,
     stimulus_path,
 )
+from .xdf import read_xdf
 
 __all__ = ["SPLITS", "TRIAL_SOURCES", "EventColumns", "Recording", "StimulusImage",
            "ThingsEEG2", "ThingsEEG2Split", "Trial", "describe", "open_recording",
@@ -115,13 +117,16 @@ def open_recording(
     run: str | int | None = None,
     datatype: str | None = None,
     check_stimuli: bool = True,
+    stream: str | None = None,
 ) -> Recording:
     """Open a raw MEG/EEG file or a BIDS recording, and find its trials.
 
     ``path`` is a file MNE reads, a CTF ``.ds`` folder, a BIDS root (pick one
     recording with ``subject``/``session``/``task``/``run``/``datatype``), a
     recording file inside a BIDS dataset, or a session folder that glimpse
-    recorded (or its ``streams/<name>`` folder; trials from its markers).
+    recorded (or its ``streams/<name>`` folder; trials from its markers), or an
+    XDF file that LabRecorder wrote (``stream`` names its signal stream, default
+    the first numeric one; trials from its marker streams, see :func:`_open_xdf`).
 
     ``source`` picks where trials come from; "auto" uses, in order: the mapping on
     annotations or trigger values when ``mapping`` is given; a BIDS events.tsv that
@@ -144,17 +149,22 @@ def open_recording(
         raise InputError("an existing recording file, CTF .ds folder or BIDS folder",
                          f"{path}, which does not exist",
                          f"check the path (relative paths start at {Path.cwd()})")
+    if stim_root is not None:
+        stim_root = Path(stim_root).expanduser()
+        if not stim_root.is_dir():
+            raise InputError("--stim-root (stim_root) to be an existing folder",
+                             f"{stim_root}", "point it at the folder that holds the stimuli")
+    if path.suffix.lower() == ".xdf" and path.is_file():
+        return _open_xdf(path, stream, events, mapping, stim_root, source, check_stimuli)
+    if stream is not None:
+        raise InputError("stream= only with an XDF file (it names one of its streams)",
+                         f"stream={stream!r} with {path}", "drop stream=")
     if find_session_stream(path) is not None:
         if mapping is not None or source != "auto":
             raise InputError("trials from markers.jsonl for a recorded session",
                              f"mapping={mapping!r}, source={source!r}",
                              "drop --mapping / source= for session folders")
         return _open_session(path, events, stim_root)
-    if stim_root is not None:
-        stim_root = Path(stim_root).expanduser()
-        if not stim_root.is_dir():
-            raise InputError("--stim-root (stim_root) to be an existing folder",
-                             f"{stim_root}", "point it at the folder that holds the stimuli")
     selection = {"subject": subject, "session": session, "task": task, "run": run,
                  "datatype": datatype}
     raw, rec_path, bids_path, fmt, raw_fmt = _open_raw(path, selection, preload)
@@ -243,17 +253,64 @@ def _open_session(path: Path, events: EventColumns, stim_root) -> Recording:
         sample = int(np.searchsorted(times, t))  # the nearest of the samples around t
         if sample == len(times) or (sample > 0 and t - times[sample - 1] <= times[sample] - t):
             sample -= 1
-        stim = na(marker.get("stim_file"))
-        stim_file = stimulus_path(base, stim) if stim else None
-        label = na(marker.get("trial_type")) or "n/a"
-        trials.append(Trial(onset=sample / sfreq, stim_file=stim_file,
-                            concept=na(marker.get("concept")) or concept_of(stim_file),
-                            split=events.splits.get(label, "unknown"), trial_type=label,
-                            sample=sample))
+        trials.append(_marker_trial(marker, sample, sfreq, base, events))
     logger.debug("opened session %s (%d channels at %s Hz): %d trials from %d markers",
                  path, len(raw.ch_names), sfreq, len(trials), len(markers))
     return Recording(raw=raw, path=path, bids_path=None, trials=trials, stim_root=base,
                      trial_source="markers", format="glimpse session", system=None)
+
+
+def _marker_trial(marker: dict, sample: int, sfreq: float, base: Path,
+                  events: EventColumns) -> Trial:
+    """The trial of a JSON marker ``{"stim_file", "concept", "trial_type"}`` at ``sample``."""
+    stim = na(marker.get("stim_file"))
+    stim_file = stimulus_path(base, stim) if stim else None
+    label = na(marker.get("trial_type")) or "n/a"
+    return Trial(onset=sample / sfreq, stim_file=stim_file,
+                 concept=na(marker.get("concept")) or concept_of(stim_file),
+                 split=events.splits.get(label, "unknown"), trial_type=label, sample=sample)
+
+
+def _open_xdf(path: Path, stream, events, mapping, stim_root, source, check: bool) -> Recording:
+    """An XDF file (:mod:`~glimpse.streaming.xdf`): trials from its string markers.
+
+    JSON markers as glimpse writes them (``{"stim_file", "concept", "trial_type"}``)
+    are trials, their split from ``trial_type`` as in events.tsv. Plain strings go
+    through ``mapping`` (description -> stimulus) like any annotation. Plain strings
+    without a mapping are kept as annotations and as trials without a stimulus,
+    split "unknown", as the annotations of an EDF file are: ``glimpse info``
+    describes the file and ``glimpse replay`` replays them, while training refuses
+    a recording without stimuli (``load_session``: "recordings with trials").
+    """
+    if source not in ("auto", "annotations"):
+        raise InputError("source 'auto' or 'annotations' for an XDF file (trials come "
+                         "from its marker streams)", repr(source), "drop source= / --source")
+    signal = read_xdf(path, stream)
+    rec = Recording(raw=signal.raw, path=path, bids_path=None, trials=[],
+                    stim_root=path.parent, trial_source="none", format="XDF", system=None)
+    parsed = [_json_marker(m.text) for m in signal.markers]
+    if mapping is None and any(p is not None for p in parsed):
+        base = Path(os.path.abspath(stim_root or path.parent))
+        rec.trials = [_marker_trial(p, m.sample, rec.sfreq, base, events)
+                      for m, p in zip(signal.markers, parsed) if p is not None]
+        rec.stim_root, rec.trial_source = base, "markers"
+        if check:
+            require_stimulus_files((t.stim_file for t in rec.trials),
+                                   f"point --stim-root (stim_root=) at the folder the markers' "
+                                   f"stim_file paths start from (now {base})")
+    else:
+        _trials(rec, None, events, mapping, stim_root, source, None, check)
+    return rec
+
+
+def _json_marker(text: str) -> dict | None:
+    """A marker string that is a JSON object naming a stimulus, else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and {"stim_file", "concept",
+                                                   "trial_type"} & set(value) else None
 
 
 # --------------------------------------------------------------------------- describe

@@ -2,8 +2,8 @@
 
 ``glimpse replay`` and the tests use it to stand in for an amplifier. Anything
 :func:`glimpse.streaming.recordings.open_recording` opens can be replayed: FIF, CTF,
-EDF, BDF, BrainVision, EEGLAB, BIDS (trials from events.tsv), simulated sessions
-and session folders recorded live.
+EDF, BDF, BrainVision, EEGLAB, XDF, BIDS (trials from events.tsv), simulated
+sessions and session folders recorded live.
 
 The signal stream carries the recording's channels in float32, SI units as MNE
 stores them (V, T, T/m), declared per channel in the stream's description
@@ -26,9 +26,10 @@ Discontinuities. A recording whose acquisition stopped and resumed is replayed
 with a timestamp jump where it did, so that a gap detector sees it. They are
 found as MNE represents them: ``BAD_ACQ_SKIP`` annotations (FIF skips: MNE fills
 them with zeros, which are not replayed), "boundary"/"EDGE boundary" annotations
-(EEGLAB, ``mne.concatenate_raws``, recorded sessions) and, for CTF, jumps of the
-system clock channel (``SCLK01``), which is how a CTF file cut into trials (the
-discontinuous CTF file in ../shared/realdata: two trials 99 s apart) shows it.
+(EEGLAB, ``mne.concatenate_raws``, recorded sessions, XDF breaks) and, for CTF,
+jumps of the system clock channel (``SCLK01``), which is how a CTF file cut into
+trials (the discontinuous CTF file in ../shared/realdata: two trials 99 s apart)
+shows it.
 The jump is the real gap divided by ``speed``, capped at ``max_gap`` seconds of
 recording time (a 99 s pause helps no test) and never shorter than 50 ms or 10
 sample periods, so a tolerance of a few periods catches it at any speed. Looping joins
