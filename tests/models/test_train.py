@@ -273,7 +273,7 @@ def test_ddp_two_processes(synthetic, tmp_path):
     out = tmp_path / "ckpt"
     (tmp_path / "ckpt-hashes").mkdir()
     config = dict(TINY, epochs=2, val_concept_fraction=0.34)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), str(recording), str(mapping), str(out), json.dumps(config)],

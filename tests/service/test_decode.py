@@ -48,7 +48,7 @@ def decoder_files(small_meg_session, tmp_path_factory):
 
 
 def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     return subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "replay", str(recording),
                              "--name", name, "--source-id", name, *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
