@@ -123,7 +123,7 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
 
 def load_decoder(checkpoint: str | Path, gallery: str | Path, *, backend: str = "auto",
                  onnx: str | Path | None = None, device: str = "cpu", k: int = 5,
-                 threads: int | None = 1):
+                 threads: int | None = 1, allow_missing: bool = False):
     """``(decoder, backend)``: the checkpoint and gallery loaded, as ``glimpse decode`` runs them.
 
     ``backend`` "auto": onnxruntime on CPU when ``onnx`` or CHECKPOINT/model.onnx
@@ -152,6 +152,10 @@ def load_decoder(checkpoint: str | Path, gallery: str | Path, *, backend: str = 
     gal = Gallery.load(gallery, device=device)
     decoder = Decoder(ckpt, gal, k=k, backend=backend, onnx_path=onnx, device=device,
                       threads=threads)
+    if allow_missing and not decoder.supports_mask:
+        raise InputError("a model that can mask missing channels with --allow-missing",
+                         f"{ckpt.model_name} (no channel mask)",
+                         "give it every checkpoint channel, or drop --allow-missing")
     return decoder, backend
 
 
@@ -182,12 +186,9 @@ def run_decode(streams: Sequence[str], checkpoint: str | Path, gallery: str | Pa
         raise InputError("--max-age a positive number of seconds", repr(max_age),
                          "leave it out for two hops")
     decoder, backend = load_decoder(checkpoint, gallery, backend=backend, onnx=onnx,
-                                    device=device, k=k, threads=threads)
+                                    device=device, k=k, threads=threads,
+                                    allow_missing=allow_missing)
     ckpt, gal = decoder.checkpoint, decoder.gallery
-    if allow_missing and not decoder.supports_mask:
-        raise InputError("a model that can mask missing channels with --allow-missing",
-                         f"{ckpt.model_name} (no channel mask)",
-                         "stream every checkpoint channel, or drop --allow-missing")
     folder = _session_folder(record)
     live = LiveStats(k, len(gal))
     stop = stop or threading.Event()
@@ -239,12 +240,8 @@ def run_decode_recording(recording: str | Path, checkpoint: str | Path, gallery:
     from .offline import decode_recording
 
     decoder, backend = load_decoder(checkpoint, gallery, backend=backend, onnx=onnx,
-                                    device=device, k=k, threads=threads)
-    if allow_missing and not decoder.supports_mask:
-        raise InputError("a model that can mask missing channels with --allow-missing",
-                         f"{decoder.checkpoint.model_name} (no channel mask)",
-                         "pass a recording with every checkpoint channel, or drop "
-                         "--allow-missing")
+                                    device=device, k=k, threads=threads,
+                                    allow_missing=allow_missing)
     live = LiveStats(k, len(decoder.gallery))
     result = decode_recording(recording, decoder, hop=hop, grid=grid,
                               allow_missing=allow_missing, on_frame=live.on_frame)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from glimpse.service.cli import main
-from glimpse.service.decode import GalleryIds, run_decode
+from glimpse.service.decode import GalleryIds, run_decode, run_decode_recording
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.recordings import open_recording
 
@@ -135,6 +135,11 @@ def test_decode_refuses_bad_options_before_any_lsl_work(decoder_files, tmp_path)
         run_decode(["x"], ckpt, gallery, backend="onnx")
     with pytest.raises(InputError, match="--stream"):
         run_decode([], ckpt, gallery)
+    # A ridge cannot mask missing channels: refused live and offline, before any work.
+    with pytest.raises(InputError, match="mask missing channels with --allow-missing"):
+        run_decode(["x"], ckpt, gallery, allow_missing=True)
+    with pytest.raises(InputError, match="mask missing channels with --allow-missing"):
+        run_decode_recording(tmp_path / "never-read.fif", ckpt, gallery, allow_missing=True)
 
 
 # ---------------------------------------------------------------------- offline face
