@@ -397,11 +397,15 @@ def test_a_full_batch_takes_the_streams_served_least_recently(gated):
     assert gate.batches[2] == [("c", 0)]
     assert worker.stats()["dropped"] == {"a": 1}  # a's first window, older than one decoded
     gate.open_.clear()
+    gate.entered.clear()
+    worker.submit(_windows(1, stream="warm", start=1)[0])  # hold the thread again, so a, b, c wait together
+    assert gate.entered.wait(WAIT)
     for stream in ("a", "b", "c"):  # now c, served last, waits; a and b were served before it
         worker.submit(_windows(1, stream=stream, start=5)[0])
     gate.open_.set()
-    frames.wait(7)
-    assert sorted(gate.batches[3]) == [("a", 5), ("b", 5)] and gate.batches[4] == [("c", 5)]
+    frames.wait(8)
+    assert gate.batches[3] == [("warm", 1)]
+    assert sorted(gate.batches[4]) == [("a", 5), ("b", 5)] and gate.batches[5] == [("c", 5)]
 
 
 @pytest.mark.timeout(30)
