@@ -417,28 +417,12 @@ def decode(
                resolve_timeout=timeout, threads=threads, max_age=max_age, echo=typer.echo)
 
 
-# --------------------------------------------------------------------------- demo
+# ------------------------------------------------------------- serve and demo
 
+from .cli_serve import demo, serve  # noqa: E402 - their own module; registered here, in --help order
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo session lives; reused when it exists.")] = Path("glimpse-demo"),
-    fresh: Annotated[bool, typer.Option(help="Simulate again even if OUT already holds a demo session.")] = False,
-    live: Annotated[float, typer.Option(help="Seconds of live decoding at the end: sub-01 replayed over LSL in real time, decoded as `glimpse decode` does (0 skips it).")] = 45.0,
-) -> None:
-    """Run the main job on the embedded default: no data, no weights, no network.
-
-    Simulates the default MEG session (once; later runs reuse it), reads it back
-    as a user's BIDS dataset would be read, runs the preprocessing that training
-    and live decoding share, trains the default brain encoder (a few minutes on
-    2 cores, first run only), evaluates it on the unseen test concepts
-    (OUT/report/) and builds the gallery of test images for live decoding
-    (OUT/gallery/), then replays subject 01 as an LSL stream and decodes it
-    live for --live seconds, printing a line per second. Prints a summary.
-    """
-    from .demo import run_demo
-
-    typer.echo(run_demo(out, fresh=fresh, live=live, echo=typer.echo))
+app.command()(serve)
+app.command()(demo)
 
 
 def main(argv: list[str] | None = None) -> int:

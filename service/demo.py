@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,14 +52,12 @@ def ensure_session(out: Path, config: SimulationConfig, *, fresh: bool = False) 
 
 
 def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None = None,
-             train_config: Any = None, model: bool = True, live: float = 0.0,
-             echo: Any = None) -> str:
+             train_config: Any = None, model: bool = True) -> str:
     """Run the demo and return its summary as text.
 
     ``model``: also train, evaluate and build the gallery (``train_config``: a
-    ``glimpse.models.train.TrainConfig``, default its defaults). ``live``: then replay
-    subject 01 over LSL in real time for that many seconds and decode it live
-    (``echo`` receives the live lines).
+    ``glimpse.models.train.TrainConfig``, default its defaults). Serving it live in the
+    browser is :func:`glimpse.service.serve.run_browser_demo`'s.
     """
     config = config or SimulationConfig()
     start = time.perf_counter()
@@ -91,38 +86,9 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
     lines.append(f"  evoked figure: {out / 'figures' / 'evoked.png'}")
     if model:
         lines += _model_lines(out, train_config)
-        if live > 0:
-            lines += _live_lines(out, live, echo or logger.info)
     lines.append(f"  done in {time.perf_counter() - start:.1f} s. Next: `glimpse info {out} "
                  f"--subject 01`" + (f", `glimpse evaluate {out / MODEL_DIR} {out}`." if model else "."))
     return "\n".join(lines)
-
-
-def _live_lines(out: Path, seconds: float, echo: Any) -> list[str]:
-    """`glimpse replay` of sub-01 in a subprocess, `glimpse decode` of it here."""
-    from .decode import run_decode
-
-    fif = next((out / "sub-01").rglob("*_meg.fif"), None) or next((out / "sub-01").rglob("*.vhdr"))
-    name = f"glimpse-demo-{os.getpid()}"
-    replay = subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "--quiet", "replay", str(fif),
-                               "--name", name, "--source-id", name],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    record = out / "sessions" / time.strftime("%Y%m%d-%H%M%S")
-    try:
-        summary = run_decode([name], out / MODEL_DIR, out / GALLERY_DIR / "test", record=record,
-                             duration=seconds, echo=echo, resolve_timeout=30.0)
-    finally:
-        replay.terminate()
-        replay.communicate(timeout=30)
-    acc, w = summary["accuracy"], summary["worker"]
-    total = w["latency_ms"]["total"]
-    line = (f"  live: {seconds:g} s of sub-01 replayed over LSL in real time, {w['n_decoded']} "
-            f"windows decoded, latency p50 {total['p50']:.1f} ms / p99 {total['p99']:.1f} ms")
-    if acc["frames_with_truth"]:
-        line += (f"; true test image in the top-{acc['k']} for {100 * acc['topk']:.0f}% of "
-                 f"{acc['frames_with_truth']} windows 0.15-0.65 s after an onset (chance "
-                 f"{100 * acc['chance_topk']:.0f}%)")
-    return [line, f"  live session recorded in {record}/ (`glimpse replay {record}` replays it)"]
 
 
 def _model_lines(out: Path, train_config: Any) -> list[str]:

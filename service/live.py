@@ -23,12 +23,9 @@ from contextlib import ExitStack
 from pathlib import PurePath
 from typing import Any
 
-import numpy as np
-import pylsl
-
 from glimpse.streaming.acquisition import StreamAcquisition
-from glimpse.streaming.lsl import channel_info
 from glimpse.streaming.markers import MarkerLog
+from glimpse.streaming.recorder import recorded_acquisition
 
 from .decoder import Decoder
 from .worker import Worker, freeze_heap
@@ -137,30 +134,10 @@ class LivePath:
 
     def _acquisition(self, i: int, name: str | None, source_id: str | None) -> StreamAcquisition:
         """Stream ``i``'s acquisition: it records to the writer and feeds the worker."""
-        writer = self.writer
-        extra = self._on_samples(i) if self._on_samples is not None else None
-        sinks: dict[str, Any] = {}
-
-        def on_stream(info: pylsl.StreamInfo) -> None:  # at (re)connect: the layout may change
-            labels, types, units = channel_info(info)
-            sinks["writer"] = writer.add_stream(info.name(), info.source_id(),
-                                                info.nominal_srate(), labels, types, units)
-            sinks["markers"] = f"{info.name()}-markers"
-
-        def on_samples(data: np.ndarray, times: np.ndarray) -> None:
-            if extra is not None:
-                extra(data, times)
-            if writer is not None:
-                sinks["writer"].write(data, times)  # written before the callback returns
-
-        def on_marker(t: float, marker: object, valid: bool) -> None:
-            writer.write_marker(t, sinks.get("markers", ""), marker, valid)
-
         ckpt = self.decoder.checkpoint
-        recorded = writer is not None
-        return StreamAcquisition(
+        return recorded_acquisition(
             name, source_id, ch_names=ckpt.ch_names, preprocess=ckpt.preprocess,
-            n_times=ckpt.n_times, on_window=self.worker.submit,
-            on_samples=on_samples if recorded or extra is not None else None,
-            on_marker=on_marker if recorded else None,
-            on_stream=on_stream if recorded else None, **self._options)
+            n_times=ckpt.n_times, on_window=self.worker.submit, writer=self.writer,
+            on_samples=self._on_samples(i) if self._on_samples is not None else None,
+            **self._options)
+

@@ -10,6 +10,7 @@ import pytest
 
 from glimpse.service.cli import main
 from glimpse.service.demo import run_demo
+from glimpse.service.serve import run_browser_demo
 from glimpse.streaming.errors import InputError
 
 
@@ -24,8 +25,9 @@ def test_demo_summarises_the_session(small_meg_session):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)  # tiny training, evaluation (curve, ceiling), gallery, 4 s live; ~60 s alone
-def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tmp_path, one_thread):
+@pytest.mark.timeout(400)  # tiny training, evaluation (curve, ceiling), gallery, 8 s served; ~70 s alone
+def test_demo_trains_evaluates_builds_the_gallery_once_and_serves_it(small_meg_session, tmp_path,
+                                                                      one_thread):
     from glimpse.models.checkpoint import load_checkpoint
     from glimpse.models.gallery import Gallery
     from glimpse.models.train import TrainConfig
@@ -35,12 +37,16 @@ def test_demo_trains_evaluates_and_builds_the_gallery_once(small_meg_session, tm
     shutil.copytree(root, out)  # the shared session stays as other tests expect it
     tiny = TrainConfig(epochs=1, patience=1, hidden=16, spatial_channels=8, n_blocks=1,
                        presence_draws=1, cache_dir=str(tmp_path / "cache"))
-    text = run_demo(out, config=config, train_config=tiny, live=4, echo=lambda line: None)
+    lines: list[str] = []
+    final = run_browser_demo(out, port=0, open_browser=False, duration=8.0, config=config,
+                             train_config=tiny, echo=lines.append)
+    text = "\n".join(lines)
     assert "trained brain_encoder" in text and "top-5 single-trial" in text
-    # The live part: the replayed subject decoded over LSL, the session recorded.
-    assert "windows decoded" in text
+    # The live part: served, sub-01 replayed over LSL and decoded, the session recorded.
+    assert "the viewer is at http://127.0.0.1:" in text and "windows decoded" in lines[-1]
+    assert final["n_decoded"] > 20 and final["worker"]["restarts"] == 0
     (session,) = (out / "sessions").iterdir()
-    assert (session / "frames.jsonl").stat().st_size > 0
+    assert (session / "frames.jsonl").stat().st_size > 0 and (session / "summary.json").is_file()
     assert load_checkpoint(out / "model").model_name == "brain_encoder"
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["test"]["n_images"] == 8 and metrics["test"]["disjoint"]

@@ -1,0 +1,152 @@
+"""The service's live sessions: create from a request, look up, stop.
+
+A request names its checkpoint and gallery by catalog id or by a path inside the
+data roots (:class:`~glimpse.service.catalog.Catalog`), and its streams by LSL name
+(or name and source id). Before any process starts, the checkpoint's embedder must be
+the gallery's. Several sessions may decode the same stream: each opens its own LSL
+inlet (LSL serves any number), records its own folder and runs its own worker, so
+comparing two checkpoints on one stream side by side is one more session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import Conflict, InputError, NotFound
+from .session import LiveSession
+
+logger = logging.getLogger("glimpse.service.sessions")
+
+__all__ = ["SessionManager"]
+
+
+def _stream_pair(ref: Any) -> tuple[str | None, str | None]:
+    if isinstance(ref, str):
+        return ref, None
+    name, source_id = ref.get("name"), ref.get("source_id")
+    if not name and not source_id:
+        raise InputError("a stream as a name or {\"name\", \"source_id\"}", repr(ref),
+                         "pick a stream from GET /api/streams")
+    return name, source_id
+
+
+class SessionManager:
+    """Sessions by id; ``publish(session_id, message)`` is the hub's."""
+
+    def __init__(self, settings, catalog, publish: Callable[[str, dict], None], *,
+                 sessions_dir: Path, log_level: int = logging.WARNING):
+        self.settings, self.catalog, self.publish = settings, catalog, publish
+        self.sessions_dir, self.log_level = Path(sessions_dir), log_level
+        self._sessions: dict[str, LiveSession] = {}
+        self._lock = threading.Lock()
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    def get(self, session_id: str) -> LiveSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound("the id of a session", f"{session_id!r}; sessions now: "
+                           f"{', '.join(self.ids()) or 'none'}",
+                           "list them with GET /api/sessions, or start one with POST /api/sessions")
+        return session
+
+    def describe(self, session_id: str) -> dict[str, Any]:
+        return self.get(session_id).describe()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return [s.describe() for s in sessions]
+
+    def create(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Start a session (blocking until it decodes or fails); its description."""
+        ckpt, gallery = self.catalog.checkpoint(request["checkpoint"]), self.catalog.gallery(request["gallery"])
+        config = json.loads((Path(ckpt["abspath"]) / "config.json").read_text(encoding="utf-8"))
+        sidecar = json.loads(Path(gallery["abspath"]).with_suffix(".json").read_text(encoding="utf-8"))
+        emb = config["embedder"]
+        if (emb["name"], int(emb["dim"])) != (sidecar["embedder"], int(sidecar["dim"])):
+            raise InputError(f"a gallery embedded with the checkpoint's embedder ({emb['name']}, "
+                             f"{emb['dim']} dims)",
+                             f"gallery {gallery['id']} of {sidecar['embedder']} ({sidecar['dim']} dims)",
+                             "pick a gallery built with that embedder (GET /api/galleries lists "
+                             "each one's), or build one with `glimpse gallery`")
+        if request.get("mode", "retrieval") != "retrieval":
+            raise InputError("mode 'retrieval'", repr(request.get("mode")),
+                             "use retrieval; generation is not available yet")
+        session_id = secrets.token_hex(4)
+        folder = None
+        if request.get("record", True):
+            folder = self.sessions_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{session_id}"
+        streams = [_stream_pair(s) for s in request["streams"]]
+        hop = float(request.get("hop", 0.05))
+        spec = {
+            "session": session_id, "folder": str(folder) if folder is not None else None,
+            "streams": streams, "checkpoint": str(ckpt["abspath"]), "gallery": str(gallery["abspath"]),
+            "gallery_id": gallery["id"], "k": int(request.get("k", 5)), "hop": hop,
+            "max_age": request.get("max_age"), "allow_missing": bool(request.get("allow_missing", False)),
+            "backend": self.settings.backend, "device": self.settings.device,
+            "threads": self.settings.threads, "resolve_timeout": float(request.get("resolve_timeout", 10.0)),
+            "ch_names": list(config["channels"]["names"]), "positions": config["channels"]["positions"],
+            "sfreq": float(config["sfreq"]), "n_times": int(config["window"]["n_times"]),
+            "preprocess": config["preprocess"], "log_level": self.log_level,
+        }
+        describe = {
+            "streams": [{"name": n, "source_id": s} for n, s in streams],
+            "checkpoint": {"id": ckpt["id"], "name": ckpt.get("name"), "model": config["model"]["name"],
+                           "ch_names": spec["ch_names"], "positions": spec["positions"],
+                           "sfreq": spec["sfreq"], "n_times": spec["n_times"],
+                           "modality": ckpt.get("modality")},
+            "gallery": {"id": gallery["id"], "name": gallery.get("name"), "n": len(sidecar["ids"]),
+                        "embedder": sidecar["embedder"]},
+            "mode": "retrieval", "k": spec["k"], "hop": hop, "record": folder is not None,
+            "folder": str(folder) if folder is not None else None,
+        }
+        session = LiveSession(spec, publish=lambda m: self.publish(session_id, m), describe=describe,
+                              gallery_ids=list(sidecar["ids"]), gallery_size=len(sidecar["ids"]))
+        with self._lock:
+            self._sessions[session_id] = session
+        try:
+            session.start()
+        except BaseException:
+            with self._lock:
+                self._sessions.pop(session_id, None)
+            if folder is not None and folder.is_dir() and not any(folder.rglob("*.f32")):
+                shutil.rmtree(folder, ignore_errors=True)  # nothing recorded: leave nothing
+            raise
+        logger.info("session %s started: %s -> %s", session_id, streams, folder)
+        return session.describe()
+
+    def stop(self, session_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        session = self.get(session_id)
+        if session.state == "stopped":
+            raise Conflict("a running session", f"session {session_id}, already stopped",
+                           "nothing to do; GET /api/sessions/{id}/download has its folder")
+        return session.stop(timeout)
+
+    def folder(self, session_id: str) -> Path:
+        session = self.get(session_id)
+        if session.spec["folder"] is None:
+            raise NotFound("a session recorded to a folder", f"session {session_id} with record off",
+                           "start sessions with \"record\": true (the default)")
+        return Path(session.spec["folder"])
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in reversed(sessions):
+            if session.state not in ("stopped", "failed"):
+                try:
+                    session.stop(timeout)
+                except Exception:  # noqa: BLE001 - stop the others whatever one does
+                    logger.exception("stopping session %s", session.id)

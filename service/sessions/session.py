@@ -1,0 +1,342 @@
+"""One live session as the service runs it: an acquisition process, a worker process,
+and the service-side threads that join them to the WebSocket hub.
+
+::
+
+   LSL ──► acquisition process ──windows (Unix socket)──► worker process
+            │ session folder                                  │ frames (pipe)
+            ▲ frames to record          ◄── LiveSession ◄─────┘
+            └ markers, signal, stats ──►   truth, accuracy, status ──► hub (publish)
+
+:class:`LiveSession` starts both processes (``spawn``) and waits until the model is
+loaded and every stream is found and matches the checkpoint; a failure there is the
+request's error (the same message as ``glimpse decode``). While it runs, a
+supervisor thread watches the worker: when it dies it reports the crash, starts
+another on the same socket address, and the acquisition process (which kept
+recording every sample) connects to it; frames resume. The service matches each
+frame to its true stimulus from the markers the acquisition process forwards,
+records it through the acquisition process (the one writer of the folder), and
+publishes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+
+from glimpse.streaming.errors import InputError
+from glimpse.streaming.markers import MarkerLog
+
+from ..decode import LiveStats
+from ..live import GalleryIds, truth_of
+from .acquirer import acquirer_main
+from .wire import Pipe
+from .worker_proc import worker_main
+
+logger = logging.getLogger("glimpse.service.sessions")
+
+__all__ = ["LiveSession"]
+
+_TICK_S = 0.25  # supervisor: how often it looks at the processes
+_MAX_FAST_RESTARTS = 5  # restarts within _RESTART_WINDOW_S before backing off
+_RESTART_WINDOW_S, _BACKOFF_S = 60.0, 10.0
+
+
+def _error_from(body: dict[str, str]) -> InputError:
+    if "expected" in body:
+        return InputError(body["expected"], body["got"], body["fix"])
+    return InputError("a session that starts", body.get("message", "an unknown failure"),
+                      "read the service log for the details")
+
+
+def _await_first(conn: Connection, proc, timeout: float, what: str) -> dict:
+    """The body of the process's "ready" message; its "error" raised as InputError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.poll(0.1):
+            try:
+                kind, *body = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "ready":
+                return body[0]
+            if kind == "error":
+                raise _error_from(body[0])
+        elif not proc.is_alive():
+            break
+    proc.join(1.0)
+    code = proc.exitcode
+    raise InputError(f"the {what} process to start within {timeout:g} s",
+                     "it exited with code %s" % code if code is not None else "no answer",
+                     "read the service log; check the checkpoint, gallery and streams")
+
+
+class LiveSession:
+    """A running session; ``spec`` holds everything both processes need (see manager)."""
+
+    def __init__(self, spec: dict[str, Any], *, publish: Callable[[dict], None],
+                 describe: dict[str, Any], gallery_ids: list[str], gallery_size: int,
+                 ready_timeout: float = 120.0):
+        self.id = spec["session"]
+        self.spec, self.publish, self.ready_timeout = spec, publish, ready_timeout
+        self._describe = describe
+        self.state = "starting"
+        self.created = time.time()
+        self.ids = GalleryIds(gallery_ids)
+        self.live = LiveStats(spec["k"], gallery_size)
+        self.markers: dict[str, MarkerLog] = {}
+        self.events: deque[dict] = deque(maxlen=50)
+        self.worker_state, self.worker_restarts, self.worker_pid = "starting", 0, None
+        self._restarts: deque[float] = deque()
+        self._worker_stats: dict = {}
+        self._acq_stats: list[dict] = []
+        self._sender_stats: dict = {}
+        self._stream_state: dict[str, str] = {}
+        self._seq = itertools.count()
+        self._frames_lock = threading.Lock()
+        self._ctx = mp.get_context("spawn")
+        self._acq = self._worker = None
+        self._acq_pipe: Pipe | None = None
+        self._worker_conn: Connection | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockdir = tempfile.mkdtemp(prefix="glimpse-")
+        spec["windows_address"] = os.path.join(self._sockdir, "windows.sock")
+        spec["authkey"] = secrets.token_bytes(16)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> LiveSession:
+        """Start the worker, then the acquisition; raise InputError (all cleaned) on failure."""
+        try:
+            self._spawn_worker()
+            parent, child = self._ctx.Pipe()
+            self._acq = self._ctx.Process(target=acquirer_main, args=(self.spec, child),
+                                          name=f"glimpse-acquire-{self.id}", daemon=True)
+            self._acq.start()
+            child.close()
+            _await_first(parent, self._acq, self.spec["resolve_timeout"] + 30.0, "acquisition")
+            self._acq_pipe = Pipe(parent)
+        except BaseException:
+            self.state = "failed"
+            self._kill_all()
+            raise
+        self.state = "running"
+        for target, name in ((self._read_acquirer, "acq-reader"), (self._supervise, "supervisor")):
+            thread = threading.Thread(target=target, name=f"{name}-{self.id}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._event("session_started", f"decoding {', '.join(self.stream_names)}")
+        return self
+
+    @property
+    def stream_names(self) -> list[str]:
+        return [n or s for n, s in self.spec["streams"]]
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop the acquisition (the folder closes with every sample), then the worker;
+        write summary.json; the final status."""
+        if self.state in ("stopping", "stopped"):
+            return self.status()
+        with self._frames_lock:  # every frame counted so far is ahead of "stop" in the pipe
+            self.state = "stopping"
+        self._stop.set()
+        if self._acq_pipe is not None:
+            self._acq_pipe.send(("stop",))
+            self._acq.join(timeout)  # its last message, "stopped", carries the final stats
+        self._stop_worker(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._kill_all()
+        self.state = "stopped"
+        status = self.status()
+        folder = self.spec["folder"]
+        if folder is not None and Path(folder).is_dir():
+            Path(folder, "summary.json").write_text(json.dumps(status, indent=1) + "\n",
+                                                    encoding="utf-8")
+        self._event("session_stopped", "stopped")
+        return status
+
+    def _stop_worker(self, timeout: float) -> None:
+        conn, proc = self._worker_conn, self._worker
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (OSError, EOFError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(timeout)
+
+    def _kill_all(self) -> None:
+        for proc in (self._acq, self._worker):
+            if proc is not None and proc.is_alive():
+                proc.kill()
+                proc.join(5.0)
+        shutil.rmtree(self._sockdir, ignore_errors=True)
+
+    # -------------------------------------------------------------------- worker
+
+    def _spawn_worker(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=worker_main, args=(self.spec, child),
+                                 name=f"glimpse-worker-{self.id}", daemon=True)
+        proc.start()
+        child.close()
+        try:
+            ready = _await_first(parent, proc, self.ready_timeout, "worker")
+        except BaseException:
+            if proc.is_alive():
+                proc.kill()
+            raise
+        self._worker, self._worker_conn = proc, parent
+        self.worker_pid, self.worker_state = ready["pid"], "running"
+        thread = threading.Thread(target=self._read_worker, args=(parent,),
+                                  name=f"worker-reader-{self.id}", daemon=True)
+        thread.start()
+
+    def _read_worker(self, conn: Connection) -> None:
+        while True:
+            try:
+                kind, body = conn.recv()
+            except (EOFError, OSError):  # the worker exited: the supervisor sees it
+                return
+            if kind == "frame":
+                self._on_frame(body)
+            elif kind == "stats":
+                self._worker_stats = body
+
+    def _on_frame(self, frame: dict) -> None:
+        with self._frames_lock:  # a frame is counted, recorded and published, or none of it
+            if self.state != "running":
+                return  # decoded after the stop: the session has ended
+            frame["seq"] = next(self._seq)  # per session, across worker restarts
+            truth = truth_of(self.markers.get(frame["stream"]), frame["t_window_end"], self.ids)
+            if truth is not None:
+                truth["url"] = (f"/api/gallery/{self.spec['gallery_id']}/"
+                                + urllib.parse.quote(truth["id"])) if truth["id"] is not None else None
+            frame["truth"] = truth
+            frame["hit"] = (None if truth is None or truth["id"] is None
+                            else truth["id"] in [t["id"] for t in frame["topk"]])
+            self.live.on_frame(frame)
+            self._acq_pipe.send(("frame", frame))  # recorded by the folder's one writer
+        self.publish(frame)
+
+    def _supervise(self) -> None:
+        ticks = 0
+        while not self._stop.wait(_TICK_S):
+            ticks += 1
+            if self._worker is not None and not self._worker.is_alive() and not self._stop.is_set():
+                self._restart_worker()
+            if not self._acq.is_alive() and not self._stop.is_set():
+                self.state = "failed"
+                self._event("session_failed", f"the acquisition process exited with code "
+                            f"{self._acq.exitcode}; the recording so far is in the session folder")
+                return
+            if ticks % round(1.0 / _TICK_S) == 0:
+                self._check_streams()
+                self.publish({"type": "status", **self.status()})
+
+    def _restart_worker(self) -> None:
+        code = self._worker.exitcode
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exit code {code}")
+        self.worker_state = "restarting"
+        self._event("worker_crashed", f"the worker process (pid {self.worker_pid}) died, {how}; "
+                    "recording goes on; restarting it")
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > _RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) > _MAX_FAST_RESTARTS and self._stop.wait(_BACKOFF_S):
+            return
+        try:
+            self._spawn_worker()
+        except InputError as err:
+            self.worker_state = "down"
+            self._event("worker_crashed", f"restarting the worker failed: {err}")
+            return
+        self.worker_restarts += 1
+        self._event("worker_restarted", f"worker restarted (pid {self.worker_pid}); frames resume")
+
+    # ---------------------------------------------------------------- acquirer
+
+    def _read_acquirer(self) -> None:
+        conn = self._acq_pipe.conn
+        while True:
+            try:
+                kind, *body = conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "marker":
+                stream, t, marker = body
+                self.markers.setdefault(stream, MarkerLog()).add(t, marker)
+            elif kind == "signal":
+                self.publish({**body[0], "session": self.id})
+            elif kind == "stats":
+                self._acq_stats, self._sender_stats = body
+            elif kind == "stopped":
+                self._acq_stats = body[0]
+                return
+
+    def _check_streams(self) -> None:
+        for s in self._acq_stats:
+            before, now = self._stream_state.get(s["stream_id"]), s["state"]
+            if before is not None and before != now:
+                if now == "streaming":
+                    self._event("stream_back", f"stream {s['stream_id']} is back")
+                else:
+                    self._event("stream_lost", f"stream {s['stream_id']} is {now}; sought again")
+            self._stream_state[s["stream_id"]] = now
+
+    def _event(self, event: str, message: str) -> None:
+        body = {"type": "event", "session": self.id, "event": event, "message": message,
+                "t": time.time()}
+        self.events.append(body)
+        (logger.warning if event in ("worker_crashed", "stream_lost", "session_failed")
+         else logger.info)("session %s: %s", self.id, message)
+        self.publish(body)
+
+    # -------------------------------------------------------------------- views
+
+    def describe(self) -> dict[str, Any]:
+        return {**self._describe, "id": self.id, "state": self.state, "created": self.created}
+
+    def status(self) -> dict[str, Any]:
+        w, acqs = self._worker_stats, self._acq_stats
+        stages = ("acquire", "preprocess", "queue", "encode", "retrieve", "total")
+        empty = {"p50": None, "p95": None, "p99": None}
+        latency = {s: (w.get("latency_ms") or {}).get(s, empty) for s in stages}
+        latency["transfer"] = w.get("transfer_ms", empty)
+        return {
+            "session": self.id, "state": self.state,
+            "worker": {"state": self.worker_state, "restarts": self.worker_restarts,
+                       "pid": self.worker_pid},
+            "decode_rate": w.get("decode_rate", 0.0), "latency_ms": latency,
+            "n_decoded": self.live.n_frames, "n_dropped": w.get("n_dropped", 0)
+            + self._sender_stats.get("n_replaced", 0),
+            "n_undelivered": self._sender_stats.get("n_undelivered", 0),
+            "n_stale": sum(a.get("n_stale", 0) for a in acqs),
+            "n_invalid": sum(a.get("n_invalid_windows", 0) for a in acqs),
+            "streams": [{k: a.get(k) for k in ("stream_id", "state", "n_samples", "n_windows",
+                                                 "n_gaps", "n_lost", "n_reconnects", "n_markers",
+                                                 "missing_channels", "flat_channels",
+                                                 "saturated_channels")} for a in acqs],
+            "accuracy": self.live.summary(), "events": list(self.events)[-10:],
+        }
+

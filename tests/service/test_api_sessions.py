@@ -1,0 +1,168 @@
+"""The service end to end: a real uvicorn server, a real replayed LSL stream, a tiny
+checkpoint; sessions through the REST API, frames through the WebSocket, and the
+faults the issue names (the worker SIGKILLed, the replay's outlet SIGKILLed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from glimpse.service.api.app import create_app
+from glimpse.service.settings import Settings
+from glimpse.streaming.session_log import read_session_stream
+
+from server import serving
+
+# Server, replays, two processes per session (each imports torch): a hang must fail.
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def root(small_meg_session, tmp_path_factory):
+    """One data root: the simulated session, a ridge checkpoint, the test gallery, and a
+    gallery of another embedder (its sidecar says so)."""
+    from glimpse.models.data import load_session
+    from glimpse.models.embedders import load_embedder
+    from glimpse.models.gallery import build_gallery
+    from glimpse.models.train import TrainConfig, train
+
+    sim, _, _ = small_meg_session
+    out = sim / "served"
+    if not (out / "ckpt" / "config.json").is_file():
+        cache = tmp_path_factory.mktemp("cache")
+        train(load_session(sim, progress=False),
+              TrainConfig(model="ridge", ridge_draws=1, presence_draws=1, cache_dir=str(cache)),
+              out / "ckpt", progress=False)
+        build_gallery(sorted((sim / "stimuli" / "test").rglob("*.png")), load_embedder("handcrafted"),
+                      root=sim, cache_dir=cache, progress=False).save(out / "gallery")
+        other = json.loads((out / "gallery.json").read_text())
+        other["embedder"] = "open_clip:ViT-B-32"
+        (out / "other.json").write_text(json.dumps(other))
+        (out / "other.safetensors").write_bytes((out / "gallery.safetensors").read_bytes())
+    return sim
+
+
+def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "--quiet", "replay",
+                             str(recording), "--name", name, "--source-id", name, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _until(predicate, timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Messages:
+    """A WebSocket client that keeps every message it gets (read in a thread)."""
+
+    def __init__(self, ws):
+        import threading
+
+        self.ws = ws
+        self.got: list[dict] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for text in self.ws:
+                self.got.append(json.loads(text))
+        except ConnectionClosed:  # by the test, at the end
+            pass
+
+    def of(self, kind: str) -> list[dict]:
+        return [m for m in list(self.got) if m["type"] == kind]
+
+
+@pytest.fixture
+def service(root, tmp_path):
+    settings = Settings(data=[root], port=0, sessions_dir=root / "served" / f"sessions-{tmp_path.name}")
+    app = create_app(settings)
+    with serving(app) as url:
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            yield app, url, client
+
+
+def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root, service):
+    app, url, http = service
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    fif = root / "sub-01" / "meg" / "sub-01_task-things_meg.fif"
+    replay = _replay(fif, name, "--index-channel", "--loop", "--speed", "2")
+    try:
+        body = {"streams": [name], "checkpoint": str(root / "served" / "ckpt"),
+                "gallery": str(root / "served" / "gallery.safetensors"), "resolve_timeout": 30}
+        created = http.post("/api/sessions", json=body)
+        assert created.status_code == 201, created.text
+        session = created.json()
+        sid = session["id"]
+        assert session["state"] == "running" and len(session["checkpoint"]["positions"]) == 274
+        # A second session on the same stream is allowed: its own inlet, worker and folder.
+        second = http.post("/api/sessions", json={**body, "record": False})
+        assert second.status_code == 201 and second.json()["id"] != sid
+        with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
+            ws = Messages(socket)
+            frames = _until(lambda: len(ws.of("frame")) >= 20 and ws.of("frame"), 30, "20 frames")
+            frame = frames[-1]
+            assert frame["session"] == sid and frame["v"] == 1 and len(frame["topk"]) == 5
+            assert frame["latency_ms"]["total"] > 0 and "t_sent" in frame
+            image = http.get(frame["topk"][0]["url"])
+            assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+            assert "max-age" in image.headers["cache-control"]
+            _until(lambda: any(m.get("truth") and m["truth"]["url"] for m in ws.of("frame")), 30,
+                   "a frame that knows its true stimulus")
+            _until(lambda: ws.of("signal"), 10, "a signal message")
+            signal_message = ws.of("signal")[-1]
+            assert len(signal_message["levels"]) == 274 and len(signal_message["trace"]["ch_names"]) == 4
+            status = http.get(f"/api/sessions/{sid}").json()["status"]
+            assert status["worker"]["state"] == "running" and status["decode_rate"] > 0
+            assert "glimpse_decode_rate" in http.get("/metrics").text
+
+            # SIGKILL the worker: the service stays up, restarts it, frames resume within 10 s.
+            os.kill(status["worker"]["pid"], signal.SIGKILL)
+            killed_at = len(ws.of("frame"))
+            _until(lambda: [e for e in ws.of("event") if e["event"] == "worker_crashed"], 10,
+                   "the crash reported")
+            resumed = _until(lambda: len(ws.of("frame")) > killed_at + 5, 10, "frames after the kill")
+            assert resumed and http.get("/api/health").json()["status"] == "ok"
+            seqs = [f["seq"] for f in ws.of("frame")]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # per session, across restarts
+
+            final = http.delete(f"/api/sessions/{sid}").json()
+            assert final["state"] == "stopped" and final["worker"]["restarts"] == 1
+            assert http.delete(f"/api/sessions/{sid}").status_code == 409
+    finally:
+        replay.terminate()
+        replay.wait(20)
+    # Every sample is in the session folder, the kill notwithstanding: the index channel
+    # counts up by one from the first recorded sample to the last.
+    folder = Path(session["folder"])
+    raw, times, markers = read_session_stream(folder)
+    index = raw.get_data(picks=["SAMPLE_INDEX"])[0]
+    assert len(index) == final["streams"][0]["n_samples"] > 1000
+    assert np.all(np.diff(index) == 1) and len(markers) > 0
+    recorded = [json.loads(line) for line in (folder / "frames.jsonl").read_text().splitlines()]
+    assert len(recorded) == final["n_decoded"] and (folder / "summary.json").is_file()
+    zipped = http.get(f"/api/sessions/{sid}/download")
+    assert zipped.status_code == 200
+    names = zipfile.ZipFile(BytesIO(zipped.content)).namelist()
+    assert f"{folder.name}/frames.jsonl" in names and f"{folder.name}/session.json" in names

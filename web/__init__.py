@@ -1,0 +1,1 @@
+"""The browser viewer: static HTML, CSS and ES modules that glimpse.service serves at "/"."""
