@@ -47,6 +47,8 @@ def run_serve(settings: Settings, *, on_started: Callable[[Any, str], None] | No
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, ws="websockets-sansio",
                             lifespan="on", log_level="warning",
+                            # uvicorn reads up to this before the hub's own size check
+                            ws_max_size=4 * settings.ws_max_message_bytes,
                             timeout_graceful_shutdown=int(settings.stop_timeout_s))
     server = uvicorn.Server(config)
 

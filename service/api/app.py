@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state.catalog = Catalog(state.roots)
     state.sessions = SessionManager(settings, state.catalog, lambda sid, m: state.hub.publish(sid, m),
                                     sessions_dir=state.roots.sessions_dir(settings.sessions_dir),
-                                    log_level=_child_log_level())
+                                    log_level=_child_log_level(),
+                                    clients_of=lambda sid: state.hub.clients_of(sid))
     state.hub = Hub(queue_size=settings.ws_queue, slow_after_s=settings.ws_slow_after_s,
                     max_message_bytes=settings.ws_max_message_bytes,
                     known_sessions=state.sessions.ids, describe=state.sessions.describe)

@@ -42,8 +42,10 @@ class SessionManager:
     """Sessions by id; ``publish(session_id, message)`` is the hub's."""
 
     def __init__(self, settings, catalog, publish: Callable[[str, dict], None], *,
-                 sessions_dir: Path, log_level: int = logging.WARNING):
+                 sessions_dir: Path, log_level: int = logging.WARNING,
+                 clients_of: Callable[[str], int] = lambda session_id: 0):
         self.settings, self.catalog, self.publish = settings, catalog, publish
+        self.clients_of = clients_of
         self.sessions_dir, self.log_level = Path(sessions_dir), log_level
         self._sessions: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
@@ -113,6 +115,7 @@ class SessionManager:
             "folder": str(folder) if folder is not None else None,
         }
         session = LiveSession(spec, publish=lambda m: self.publish(session_id, m), describe=describe,
+                              clients=lambda: self.clients_of(session_id),
                               gallery_ids=list(sidecar["ids"]), gallery_size=len(sidecar["ids"]))
         with self._lock:
             self._sessions[session_id] = session

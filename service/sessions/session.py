@@ -92,9 +92,10 @@ class LiveSession:
 
     def __init__(self, spec: dict[str, Any], *, publish: Callable[[dict], None],
                  describe: dict[str, Any], gallery_ids: list[str], gallery_size: int,
-                 ready_timeout: float = 120.0):
+                 clients: Callable[[], int] = lambda: 0, ready_timeout: float = 120.0):
         self.id = spec["session"]
         self.spec, self.publish, self.ready_timeout = spec, publish, ready_timeout
+        self.clients = clients
         self._describe = describe
         self.state = "starting"
         self.created = time.time()
@@ -296,8 +297,9 @@ class LiveSession:
 
     def _check_streams(self) -> None:
         for s in self._acq_stats:
-            before, now = self._stream_state.get(s["stream_id"]), s["state"]
-            if before is not None and before != now:
+            # Every stream streamed when the session started (the acquirer's "ready").
+            before, now = self._stream_state.get(s["stream_id"], "streaming"), s["state"]
+            if before != now:
                 if now == "streaming":
                     self._event("stream_back", f"stream {s['stream_id']} is back")
                 else:
@@ -338,5 +340,6 @@ class LiveSession:
                                                  "missing_channels", "flat_channels",
                                                  "saturated_channels")} for a in acqs],
             "accuracy": self.live.summary(), "events": list(self.events)[-10:],
+            "clients": self.clients(),
         }
 

@@ -16,7 +16,7 @@ def serving(app, *, timeout: float = 30.0):
     Leaving the block shuts uvicorn down, which runs the app's lifespan shutdown.
     """
     config = uvicorn.Config(app, host="127.0.0.1", port=0, ws="websockets-sansio",
-                            lifespan="on", log_level="warning")
+                            lifespan="on", log_level="warning", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

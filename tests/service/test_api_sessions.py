@@ -166,3 +166,79 @@ def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root,
     assert zipped.status_code == 200
     names = zipfile.ZipFile(BytesIO(zipped.content)).namelist()
     assert f"{folder.name}/frames.jsonl" in names and f"{folder.name}/session.json" in names
+
+
+def test_a_killed_replay_is_reported_lost_and_decoding_resumes_when_it_returns(root, service):
+    app, url, http = service
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    fif = root / "sub-01" / "meg" / "sub-01_task-things_meg.fif"
+    replay = _replay(fif, name, "--loop")
+    try:
+        created = http.post("/api/sessions", json={
+            "streams": [name], "checkpoint": str(root / "served" / "ckpt"), "record": False,
+            "gallery": str(root / "served" / "gallery.safetensors"), "resolve_timeout": 30})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        with connect(url.replace("http", "ws") + "/ws") as socket:
+            ws = Messages(socket)
+            socket.send(json.dumps({"type": "subscribe", "sessions": [sid]}))
+            _until(lambda: len(ws.of("frame")) >= 5, 30, "frames")
+            replay.send_signal(signal.SIGKILL)  # the outlet dies without closing anything
+            replay.wait(10)
+            _until(lambda: [e for e in ws.of("event") if e["event"] == "stream_lost"], 15,
+                   "the lost stream reported")
+            assert http.get("/api/health").status_code == 200
+            lost_at = len(ws.of("frame"))
+            replay = _replay(fif, name, "--loop")  # the same source id comes back
+            _until(lambda: [e for e in ws.of("event") if e["event"] == "stream_back"], 30,
+                   "the stream back")
+            _until(lambda: len(ws.of("frame")) > lost_at + 5, 15, "frames after the return")
+        assert http.delete(f"/api/sessions/{sid}").json()["streams"][0]["n_reconnects"] >= 1
+    finally:
+        replay.kill()
+        replay.wait(10)
+
+
+def test_bad_session_requests_get_clear_errors_and_the_service_keeps_running(root, service, realdata):
+    app, url, http = service
+    ckpt, gallery = str(root / "served" / "ckpt"), str(root / "served" / "gallery.safetensors")
+    body = {"streams": ["nothing-here"], "checkpoint": ckpt, "gallery": gallery, "resolve_timeout": 1}
+
+    def error(response, status):
+        assert response.status_code == status, response.text
+        return response.json()["error"]
+
+    # Unknown ids: 404 naming the valid ones.
+    err = error(http.post("/api/sessions", json={**body, "checkpoint": "no-such-ckpt"}), 404)
+    assert "ckpt-" in err["got"]
+    err = error(http.post("/api/sessions", json={**body, "gallery": "no-such-gallery"}), 404)
+    assert "gallery-" in err["got"]
+    for method in (http.get, http.delete):
+        assert "sessions now" in error(method("/api/sessions/nope"), 404)["got"]
+    # Outside the data roots: 403.
+    assert error(http.post("/api/sessions", json={**body, "checkpoint": "/etc"}), 403)
+    # A gallery of another embedder than the checkpoint's.
+    err = error(http.post("/api/sessions", json={
+        **body, "gallery": str(root / "served" / "other.safetensors")}), 400)
+    assert "embedder" in err["expected"] and "open_clip" in err["got"]
+    # Malformed JSON, a wrong type, an unknown mode or field: 422.
+    bad = http.post("/api/sessions", content=b'{"streams": [', headers={"content-type": "application/json"})
+    assert error(bad, 422)
+    assert "hop" in error(http.post("/api/sessions", json={**body, "hop": -1}), 422)["expected"]
+    assert error(http.post("/api/sessions", json={**body, "mode": "dream"}), 422)
+    assert error(http.post("/api/sessions", json={**body, "colour": "red"}), 422)
+    # A stream that is not there: the same words as glimpse decode.
+    err = error(http.post("/api/sessions", json=body), 400)
+    assert "nothing-here" in err["message"] and "stream" in err["expected"]
+    # A stream whose channels are not the checkpoint's (real EEG into a MEG model).
+    name = f"eeg-{uuid.uuid4().hex[:8]}"
+    eeg = _replay(realdata / "eeg_reduced.edf", name, "--loop")
+    try:
+        err = error(http.post("/api/sessions", json={**body, "streams": [name],
+                                                     "resolve_timeout": 30}), 400)
+        assert "channel" in err["expected"] and err["fix"]
+    finally:
+        eeg.kill()
+        eeg.wait(10)
+    assert http.get("/api/sessions").json() == []  # nothing half-started is left behind
+    assert http.get("/api/health").json()["status"] == "ok"
