@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import webbrowser
@@ -44,6 +45,7 @@ def run_serve(settings: Settings, *, on_started: Callable[[Any, str], None] | No
     if duration is not None and not duration > 0:
         raise InputError("--duration a positive number of seconds", repr(duration),
                          "leave it out to serve until Ctrl-C")
+    _check_port(settings.host, settings.port)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, ws="websockets-sansio",
                             lifespan="on", log_level="warning",
@@ -79,6 +81,20 @@ def run_serve(settings: Settings, *, on_started: Callable[[Any, str], None] | No
     threading.Thread(target=started, name="serve-started", daemon=True).start()
     server.run()
     return app
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error, before anything starts, when the port is taken."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise InputError(f"a free TCP port on {host}", f"port {port}: {err.strerror}",
+                             "pass another --port (0 picks a free one), or stop what uses it") from None
 
 
 def run_browser_demo(out: Path, *, port: int = 8000, modality: str = "meg",

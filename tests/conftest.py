@@ -66,3 +66,66 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def served_root(small_meg_session, tmp_path_factory):
+    """One data root for the service's tests: a copy of the small simulated session (the
+    shared one stays as other tests expect it), a ridge checkpoint (served/ckpt), the
+    test gallery (served/gallery) and a gallery that says it has another embedder
+    (served/other)."""
+    from glimpse.models.data import load_session
+    from glimpse.models.embedders import load_embedder
+    from glimpse.models.gallery import build_gallery
+    from glimpse.models.train import TrainConfig, train
+
+    import json
+    import shutil
+
+    sim = tmp_path_factory.mktemp("served") / "sim"
+    shutil.copytree(small_meg_session[0], sim)
+    out = sim / "served"
+    cache = tmp_path_factory.mktemp("cache")
+    train(load_session(sim, progress=False),
+          TrainConfig(model="ridge", ridge_draws=1, presence_draws=1, cache_dir=str(cache)),
+          out / "ckpt", progress=False)
+    build_gallery(sorted((sim / "stimuli" / "test").rglob("*.png")), load_embedder("handcrafted"),
+                  root=sim, cache_dir=cache, progress=False).save(out / "gallery")
+    other = json.loads((out / "gallery.json").read_text())
+    other["embedder"] = "open_clip:ViT-B-32"
+    (out / "other.json").write_text(json.dumps(other))
+    (out / "other.safetensors").write_bytes((out / "gallery.safetensors").read_bytes())
+    return sim
+
+
+@pytest.fixture(scope="session")
+def serving():
+    """``serving(app)``: a context manager serving the app with a real uvicorn on a free
+    loopback port, in a thread; yields the base URL. Leaving it runs the lifespan's
+    shutdown."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    import uvicorn
+
+    @contextmanager
+    def serve(app, *, timeout: float = 30.0):
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, ws="websockets-sansio",
+                                lifespan="on", log_level="warning", timeout_graceful_shutdown=10)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout)
+
+    return serve

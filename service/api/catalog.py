@@ -1,4 +1,4 @@
-"""``/api/checkpoints``, ``/api/galleries``, ``/api/recordings`` and gallery images.
+"""``/api/checkpoints``, ``/api/galleries``, ``/api/recordings``, gallery and stimulus images.
 
 Listings come from ``app.state.catalog`` (scanned in a thread: a scan reads files).
 Images are immutable once a gallery is built (the sidecar holds their sha256), so the
@@ -13,6 +13,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from glimpse.models.gallery import IMAGE_SUFFIXES
+
+from ..errors import NotFound
 from .auth import token_dependency
 
 __all__ = ["CACHE_CONTROL", "router"]
@@ -50,6 +53,17 @@ async def gallery_image(gallery_id: str, image_id: str, request: Request) -> Res
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, headers=headers)
+
+
+@router.get("/stimuli")
+async def stimulus(path: str, request: Request) -> Response:
+    """A stimulus image by its path (absolute, or relative to a data root): the true
+    stimulus of a frame when it is not in the session's gallery (a training image)."""
+    file = await run_in_threadpool(request.app.state.roots.resolve, path)
+    if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+        raise NotFound(f"an image file ({', '.join(IMAGE_SUFFIXES)}) inside the data roots",
+                       repr(path), "name a stimulus image")
+    return FileResponse(file, headers={"Cache-Control": "public, max-age=3600"})
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

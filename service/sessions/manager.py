@@ -16,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class SessionManager:
         }
         session = LiveSession(spec, publish=lambda m: self.publish(session_id, m), describe=describe,
                               clients=lambda: self.clients_of(session_id),
+                              stimulus_url=self._stimulus_url,
                               gallery_ids=list(sidecar["ids"]), gallery_size=len(sidecar["ids"]))
         with self._lock:
             self._sessions[session_id] = session
@@ -129,6 +131,13 @@ class SessionManager:
             raise
         logger.info("session %s started: %s -> %s", session_id, streams, folder)
         return session.describe()
+
+    def _stimulus_url(self, stim_file: str) -> str | None:
+        """Where the viewer gets a true stimulus that is not in the gallery: only a file
+        inside the data roots (a marker names a path on the sender's machine)."""
+        if not stim_file or not self.catalog.roots.contains(stim_file) or not Path(stim_file).is_file():
+            return None
+        return "/api/stimuli?path=" + urllib.parse.quote(stim_file, safe="")
 
     def stop(self, session_id: str, timeout: float = 10.0) -> dict[str, Any]:
         session = self.get(session_id)
@@ -148,7 +157,7 @@ class SessionManager:
         with self._lock:
             sessions = list(self._sessions.values())
         for session in reversed(sessions):
-            if session.state not in ("stopped", "failed"):
+            if session.state != "stopped":  # a failed one still has its worker to stop
                 try:
                     session.stop(timeout)
                 except Exception:  # noqa: BLE001 - stop the others whatever one does

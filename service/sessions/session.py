@@ -21,6 +21,7 @@ publishes it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -92,10 +93,13 @@ class LiveSession:
 
     def __init__(self, spec: dict[str, Any], *, publish: Callable[[dict], None],
                  describe: dict[str, Any], gallery_ids: list[str], gallery_size: int,
-                 clients: Callable[[], int] = lambda: 0, ready_timeout: float = 120.0):
+                 clients: Callable[[], int] = lambda: 0,
+                 stimulus_url: Callable[[str], str | None] = lambda stim_file: None,
+                 ready_timeout: float = 120.0):
         self.id = spec["session"]
         self.spec, self.publish, self.ready_timeout = spec, publish, ready_timeout
         self.clients = clients
+        self._stimulus_url = functools.lru_cache(maxsize=4096)(stimulus_url)
         self._describe = describe
         self.state = "starting"
         self.created = time.time()
@@ -144,6 +148,7 @@ class LiveSession:
             thread.start()
             self._threads.append(thread)
         self._event("session_started", f"decoding {', '.join(self.stream_names)}")
+        self._announce()
         return self
 
     @property
@@ -172,6 +177,7 @@ class LiveSession:
             Path(folder, "summary.json").write_text(json.dumps(status, indent=1) + "\n",
                                                     encoding="utf-8")
         self._event("session_stopped", "stopped")
+        self._announce()
         return status
 
     def _stop_worker(self, timeout: float) -> None:
@@ -228,9 +234,9 @@ class LiveSession:
                 return  # decoded after the stop: the session has ended
             frame["seq"] = next(self._seq)  # per session, across worker restarts
             truth = truth_of(self.markers.get(frame["stream"]), frame["t_window_end"], self.ids)
-            if truth is not None:
-                truth["url"] = (f"/api/gallery/{self.spec['gallery_id']}/"
-                                + urllib.parse.quote(truth["id"])) if truth["id"] is not None else None
+            if truth is not None:  # the gallery's image, else the file itself when it is served
+                truth["url"] = (f"/api/gallery/{self.spec['gallery_id']}/" + urllib.parse.quote(truth["id"])
+                                if truth["id"] is not None else self._stimulus_url(str(truth.get("stim_file") or "")))
             frame["truth"] = truth
             frame["hit"] = (None if truth is None or truth["id"] is None
                             else truth["id"] in [t["id"] for t in frame["topk"]])
@@ -248,6 +254,7 @@ class LiveSession:
                 self.state = "failed"
                 self._event("session_failed", f"the acquisition process exited with code "
                             f"{self._acq.exitcode}; the recording so far is in the session folder")
+                self._announce()
                 return
             if ticks % round(1.0 / _TICK_S) == 0:
                 self._check_streams()
@@ -305,6 +312,10 @@ class LiveSession:
                 else:
                     self._event("stream_lost", f"stream {s['stream_id']} is {now}; sought again")
             self._stream_state[s["stream_id"]] = now
+
+    def _announce(self) -> None:
+        """The session's description, to its clients, when its state changed."""
+        self.publish({"type": "session", "session": self.describe()})
 
     def _event(self, event: str, message: str) -> None:
         body = {"type": "event", "session": self.id, "event": event, "message": message,

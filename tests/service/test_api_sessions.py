@@ -25,35 +25,14 @@ from glimpse.service.api.app import create_app
 from glimpse.service.settings import Settings
 from glimpse.streaming.session_log import read_session_stream
 
-from server import serving
 
 # Server, replays, two processes per session (each imports torch): a hang must fail.
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def root(small_meg_session, tmp_path_factory):
-    """One data root: the simulated session, a ridge checkpoint, the test gallery, and a
-    gallery of another embedder (its sidecar says so)."""
-    from glimpse.models.data import load_session
-    from glimpse.models.embedders import load_embedder
-    from glimpse.models.gallery import build_gallery
-    from glimpse.models.train import TrainConfig, train
-
-    sim, _, _ = small_meg_session
-    out = sim / "served"
-    if not (out / "ckpt" / "config.json").is_file():
-        cache = tmp_path_factory.mktemp("cache")
-        train(load_session(sim, progress=False),
-              TrainConfig(model="ridge", ridge_draws=1, presence_draws=1, cache_dir=str(cache)),
-              out / "ckpt", progress=False)
-        build_gallery(sorted((sim / "stimuli" / "test").rglob("*.png")), load_embedder("handcrafted"),
-                      root=sim, cache_dir=cache, progress=False).save(out / "gallery")
-        other = json.loads((out / "gallery.json").read_text())
-        other["embedder"] = "open_clip:ViT-B-32"
-        (out / "other.json").write_text(json.dumps(other))
-        (out / "other.safetensors").write_bytes((out / "gallery.safetensors").read_bytes())
-    return sim
+def root(served_root):
+    return served_root
 
 
 def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
@@ -95,7 +74,7 @@ class Messages:
 
 
 @pytest.fixture
-def service(root, tmp_path):
+def service(root, tmp_path, serving):
     settings = Settings(data=[root], port=0, sessions_dir=root / "served" / f"sessions-{tmp_path.name}")
     app = create_app(settings)
     with serving(app) as url:
@@ -130,6 +109,11 @@ def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root,
             assert "max-age" in image.headers["cache-control"]
             _until(lambda: any(m.get("truth") and m["truth"]["url"] for m in ws.of("frame")), 30,
                    "a frame that knows its true stimulus")
+            # A true stimulus outside the gallery (a training image) is served from the roots.
+            outside = _until(lambda: [m["truth"] for m in ws.of("frame") if m.get("truth")
+                                      and m["truth"]["id"] is None and m["truth"]["url"]], 30,
+                             "a true stimulus that is not in the gallery")
+            assert http.get(outside[0]["url"]).headers["content-type"] == "image/png"
             _until(lambda: ws.of("signal"), 10, "a signal message")
             signal_message = ws.of("signal")[-1]
             assert len(signal_message["levels"]) == 274 and len(signal_message["trace"]["ch_names"]) == 4
@@ -215,8 +199,11 @@ def test_bad_session_requests_get_clear_errors_and_the_service_keeps_running(roo
     assert "gallery-" in err["got"]
     for method in (http.get, http.delete):
         assert "sessions now" in error(method("/api/sessions/nope"), 404)["got"]
-    # Outside the data roots: 403.
+    # Outside the data roots: 403; stimuli are image files only.
     assert error(http.post("/api/sessions", json={**body, "checkpoint": "/etc"}), 403)
+    assert error(http.get("/api/stimuli", params={"path": "/etc/passwd"}), 403)
+    assert error(http.get("/api/stimuli", params={"path": "../../etc/passwd"}), 403)
+    assert error(http.get("/api/stimuli", params={"path": ckpt + "/config.json"}), 404)
     # A gallery of another embedder than the checkpoint's.
     err = error(http.post("/api/sessions", json={
         **body, "gallery": str(root / "served" / "other.safetensors")}), 400)
