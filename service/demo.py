@@ -66,6 +66,27 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
             shutil.rmtree(out / sub, ignore_errors=True)
     ensure_session(out, config, fresh=fresh)
     lines = [f"glimpse demo: simulated {config.modality.upper()} session in {out}/"]
+    lines += _subject_lines(out, config, fresh=fresh)
+    lines.append(f"  evoked figure: {out / 'figures' / 'evoked.png'}")
+    if model:
+        lines += _model_lines(out, train_config)
+    lines.append(f"  done in {time.perf_counter() - start:.1f} s. Next: `glimpse info {out} "
+                 f"--subject 01`" + (f", `glimpse evaluate {out / MODEL_DIR} {out}`." if model else "."))
+    return "\n".join(lines)
+
+
+def _subject_lines(out: Path, config: SimulationConfig, *, fresh: bool) -> list[str]:
+    """Each subject read back and preprocessed as training reads it; summary lines.
+
+    Computed once per simulated session (seconds per subject) and kept in
+    OUT/report/subjects.json, so that a later demo serves within seconds.
+    """
+    cache = out / REPORT_DIR / "subjects.json"
+    if cache.is_file() and not fresh:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("config") == json.loads(json.dumps(config.to_dict())):
+            return saved["lines"]
+    lines: list[str] = []
     preprocess = PreprocessConfig(picks=("mag",) if config.modality == "meg" else ("eeg",))
     for subject in range(1, config.subjects + 1):
         recording = open_recording(out, subject=f"{subject:02d}")
@@ -83,12 +104,10 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
         ]
         if concepts["train"] & concepts["test"]:
             raise RuntimeError("simulated test concepts leaked into training")  # a simulator bug
-    lines.append(f"  evoked figure: {out / 'figures' / 'evoked.png'}")
-    if model:
-        lines += _model_lines(out, train_config)
-    lines.append(f"  done in {time.perf_counter() - start:.1f} s. Next: `glimpse info {out} "
-                 f"--subject 01`" + (f", `glimpse evaluate {out / MODEL_DIR} {out}`." if model else "."))
-    return "\n".join(lines)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"config": config.to_dict(), "lines": lines}, indent=1),
+                     encoding="utf-8")
+    return lines
 
 
 def _model_lines(out: Path, train_config: Any) -> list[str]:

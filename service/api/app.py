@@ -63,8 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.exception("stopping the %s", what)
         await state.hub.close(timeout)
 
+    # No /docs or /redoc: their pages load scripts from a CDN, which a lab network may
+    # not reach; the schema itself is /openapi.json.
     app = FastAPI(title="glimpse", version=glimpse_version(), lifespan=lifespan,
-                  summary="Live decoding of what a person sees, from MEG or EEG.")
+                  summary="Live decoding of what a person sees, from MEG or EEG.",
+                  docs_url=None, redoc_url=None)
     state = app.state
     state.settings, state.started = settings, time.monotonic()
     state.roots = DataRoots(settings.data)
