@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "--quiet", "serve",
-                               "--data", str(root), "--port", str(port)])
+                               "--data", str(root), "--port", str(port)],
+                              stdout=subprocess.DEVNULL)  # stdout is this bench's JSON
     try:
         with httpx.Client(base_url=url, timeout=120.0) as http:
             deadline = time.monotonic() + 60

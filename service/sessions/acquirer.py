@@ -9,12 +9,12 @@ sample and marker to the session folder as it comes; its windows go to the
 :class:`~.wire.WindowSender` (newest per stream, to whichever worker listens) and
 to the :class:`~.signal.SignalMonitor`.
 
-Messages on ``conn`` (a duplex pipe to the service), each a tuple:
-  to the service:  ("ready", {"streams": [ids]}) | ("error", {"expected", "got", "fix"}
-                   or {"message"}) | ("marker", stream_id, t, marker) |
-                   ("signal", message) ~4/s per stream | ("stats", [acq stats], sender stats) ~1/s |
-                   ("stopped", [acq stats])
-  from the service: ("frame", frame) to record | ("stop",)
+Messages on ``conn`` (a duplex pipe to the service), each a tuple. To the
+service: ``("ready", {"streams": [ids]})``, ``("error", {"expected", "got", "fix"}
+or {"message"})``, ``("marker", stream_id, t, marker)``, ``("signal", message)``
+(~4/s per stream), ``("stats", [acquisition stats], sender stats)`` (~1/s) and
+``("stopped", [acquisition stats])``. From the service: ``("frame", frame)`` to
+record, ``("stop",)``.
 """
 
 from __future__ import annotations

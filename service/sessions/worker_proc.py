@@ -8,10 +8,10 @@ dies (segfault, CUDA out-of-memory, SIGKILL), the service starts another on the
 same socket address and the acquisition process connects to it again; nothing it
 recorded is touched.
 
-Messages on ``conn`` (a duplex pipe to the service), each a tuple:
-  to the service:   ("ready", {"pid", "backend"}) | ("error", {...}) | ("frame", frame) |
-                    ("stats", worker stats + "transfer_ms" percentiles) ~1/s
-  from the service: ("stop",)
+Messages on ``conn`` (a duplex pipe to the service), each a tuple. To the
+service: ``("ready", {"pid", "backend"})``, ``("error", {...})``, ``("frame",
+frame)``, ``("stats", worker stats + "transfer_ms" percentiles)`` (~1/s). From
+the service: ``("stop",)``.
 """
 
 from __future__ import annotations
