@@ -15,11 +15,18 @@ from glimpse.streaming.errors import InputError
 
 
 @pytest.mark.timeout(120)  # simulating the shared session (~5 s) plus preprocessing it
-def test_demo_summarises_the_session(small_meg_session):
+def test_demo_summarises_the_session_once(small_meg_session, tmp_path):
     root, config, _ = small_meg_session
-    text = run_demo(root, config=config, model=False)
+    out = tmp_path / "demo"
+    shutil.copytree(root, out)  # the demo writes its report: the shared session stays as it is
+    text = run_demo(out, config=config, model=False)
     # 8 concepts x 2 exemplars; 4 test concepts x 2 images x 6 repeats
     assert "16 train (8 concepts)" in text
+    cached = json.loads((out / "report" / "subjects.json").read_text())
+    assert any("16 train (8 concepts)" in line for line in cached["lines"])
+    cached["lines"] = ["  sub-01: read from the cache"]
+    (out / "report" / "subjects.json").write_text(json.dumps(cached))
+    assert "read from the cache" in run_demo(out, config=config, model=False)  # not read again
     assert "48 test (4 unseen concepts)" in text
     assert "274 channels x" in text and "at 120 Hz" in text
 
