@@ -17,6 +17,12 @@ Frame (JSON-ready; every number a Python float or int)::
 
 ``encode`` and ``retrieve`` are the batch's times (every frame of a batch shares them):
 encode = batch assembly + forward pass + confidence, retrieve = gallery top-k.
+
+``Decoder.on_embeddings(frames, embeddings, indices)``, when set, is handed each
+batch's decoded embeddings (the retrieval head's output, ``(batch, D)``, on the
+decoder's device) and top-k gallery indices after the frames are stamped: the live
+worker's generation thread takes them from there (:mod:`glimpse.service.sessions.generation`).
+It runs on the decoding thread, so it only files references and returns.
 """
 
 from __future__ import annotations
@@ -117,6 +123,7 @@ class Decoder:
         self._buffers: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]] = {}
         self._session = None
         self._onnx_checked = False
+        self.on_embeddings: Callable[[list[dict], torch.Tensor, list[list[int]]], None] | None = None
         self.device = torch.device(device if device is not None else checkpoint.device)
         model = checkpoint.model
         self._module = model if isinstance(model, nn.Module) else None
@@ -360,4 +367,6 @@ class Decoder:
         for frame in frames:
             frame["t_decoded"] = t_decoded
             frame["latency_ms"]["total"] = 1e3 * (t_decoded - frame["t_window_end"])
+        if self.on_embeddings is not None:
+            self.on_embeddings(frames, emb, indices)
         return frames

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     backend: str = "auto"
     threads: int | None = Field(1, ge=1)
     stop_timeout_s: float = Field(10.0, gt=0)
+    # A second worker per session, loaded and waiting, takes over within a second when
+    # the active one dies (a restart from scratch takes 3-10 s); costs a model copy.
+    standby_worker: bool = True
 
     @field_validator("data", mode="before")
     @classmethod

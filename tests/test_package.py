@@ -37,6 +37,7 @@ _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 NOT_IMPORTED = {
     "torchvision": "open_clip imports it; declared so torch and it resolve as a pair",
     "onnx": "torch.onnx.export writes through it (glimpse export)",
+    "transformers": "diffusers' pipeline classes need it (CLIP encoders) for the generators",
 }
 
 

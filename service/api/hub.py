@@ -13,9 +13,11 @@ The queues of a :class:`Client` (all bounded; every drop is counted):
 - frames: the newest ``queue_size`` frames; an older one waiting is dropped;
 - slots: one per (session, type, stream) for "status" and "signal": replaced;
 - events: "session", "event" and broadcast messages, first in first out; on
-  overflow the oldest goes, counted and logged, never silently.
+  overflow the oldest goes, counted and logged, never silently;
+- images: per session the newest generated image, a binary message
+  (:func:`glimpse.service.sessions.generation.encode_generated`); replaced, counted.
 
-The writer sends control first, then takes slots, events and frames in turn. A
+The writer sends control first, then takes slots, events, frames and images in turn. A
 send that does not finish in ``slow_after_s`` (the client stopped reading and the
 TCP buffers are full) closes the client (1008), counted in ``n_slow_disconnects``.
 
@@ -53,7 +55,7 @@ __all__ = ["PROTOCOL_VERSION", "Client", "Hub", "Pong", "encode", "kind_of"]
 logger = logging.getLogger("glimpse.service.api.hub")
 
 PROTOCOL_VERSION = 1
-CONTROL, FRAME, SLOT, EVENT = "control", "frame", "slot", "event"
+CONTROL, FRAME, SLOT, EVENT, IMAGE = "control", "frame", "slot", "event", "image"
 _KINDS = {"frame": FRAME, "status": SLOT, "signal": SLOT,
           "hello": CONTROL, "pong": CONTROL, "error": CONTROL}
 _CLIENT_TYPES = ("subscribe", "unsubscribe", "ping")
@@ -108,16 +110,20 @@ class Client:
         self.slots: dict[Any, str] = {}
         self.events: deque[str] = deque(maxlen=events_size)
         self.control: deque[str | Pong] = deque(maxlen=control_size)
-        self.n_sent = self.n_dropped = self.n_replaced = 0
+        self.images: dict[Any, bytes] = {}
+        self.n_sent = self.n_dropped = self.n_replaced = self.n_images_replaced = 0
         self.n_events_dropped = self.n_control_dropped = self.n_bad_messages = 0
         self.close_code: int | None = None
         self.close_reason = ""
         self.wakeup = asyncio.Event()
         self._turn = 0
 
-    def push(self, kind: str, item: str | Pong, key: Any = None) -> Client:
-        """File one message (``key`` names a slot) and wake the writer."""
-        if kind == FRAME:
+    def push(self, kind: str, item: str | bytes | Pong, key: Any = None) -> Client:
+        """File one message (``key`` names a slot, or an image's session) and wake the writer."""
+        if kind == IMAGE:
+            self.n_images_replaced += key in self.images
+            self.images[key] = item
+        elif kind == FRAME:
             if len(self.frames) == self.frames.maxlen:
                 self.n_dropped += 1
             self.frames.append(item)
@@ -136,23 +142,26 @@ class Client:
                 self.n_control_dropped += 1
             self.control.append(item)
         else:
-            raise InputError(f"one of {CONTROL}, {FRAME}, {SLOT}, {EVENT}", repr(kind), "use kind_of(type)")
+            raise InputError(f"one of {CONTROL}, {FRAME}, {SLOT}, {EVENT}, {IMAGE}", repr(kind),
+                             "use kind_of(type)")
         self.wakeup.set()
         return self
 
-    def pop(self) -> str | Pong | None:
-        """The next message to send: control first, then slots, events and frames in turn."""
+    def pop(self) -> str | bytes | Pong | None:
+        """The next message to send: control first, then slots, events, frames and images in turn."""
         if self.control:
             return self.control.popleft()
-        for i in range(3):
-            turn = (self._turn + i) % 3
+        for i in range(4):
+            turn = (self._turn + i) % 4
             item = self._take(turn)
             if item is not None:
-                self._turn = (turn + 1) % 3
+                self._turn = (turn + 1) % 4
                 return item
         return None
 
-    def _take(self, turn: int) -> str | None:
+    def _take(self, turn: int) -> str | bytes | None:
+        if turn == 3 and self.images:
+            return self.images.pop(next(iter(self.images)))
         if turn == 0 and self.slots:
             key = next(iter(self.slots))
             return self.slots.pop(key)
@@ -171,7 +180,7 @@ class Client:
 
     def pending(self) -> int:
         """Messages waiting to be sent."""
-        return len(self.control) + len(self.frames) + len(self.slots) + len(self.events)
+        return len(self.control) + len(self.frames) + len(self.slots) + len(self.events) + len(self.images)
 
 
 class Hub:
@@ -212,7 +221,7 @@ class Hub:
         self._lock = threading.Lock()  # guards n_encode_errors (publishers' threads)
         self.n_connected_total = self.n_disconnected_total = self.n_slow_disconnects = 0
         self.n_bad_messages = self.n_published = self.n_encode_errors = 0
-        self._dropped_gone = 0
+        self._dropped_gone = self._images_gone = 0
 
     # publishing: any thread ---------------------------------------------------------
 
@@ -221,15 +230,27 @@ class Hub:
         self._loop, self._closing = loop, False
         return self
 
-    def publish(self, session_id: str, message: dict) -> None:
+    def publish(self, session_id: str, message: dict | bytes) -> None:
         """Send ``message`` to the clients of ``session_id``; any thread, never blocks.
 
         A frame gets "t_sent"; a message without "type" or that JSON cannot carry
         (NaN, an object) is logged, counted in ``n_encode_errors`` and dropped.
+        Bytes go to :meth:`publish_bytes`.
         """
+        if isinstance(message, (bytes, bytearray)):
+            self.publish_bytes(session_id, bytes(message))
+            return
         if message.get("type") == "frame":
             message = {**message, "t_sent": pylsl.local_clock()}
         self._hand_over(session_id, message)
+
+    def publish_bytes(self, session_id: str, data: bytes) -> None:
+        """A binary message (a generated image) to ``session_id``'s clients; as :meth:`publish`."""
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._file, session_id, IMAGE, session_id, data)
+            except RuntimeError:
+                logger.debug("the hub's loop is closed: a generated image is dropped")
 
     def broadcast(self, message: dict) -> None:
         """Send ``message`` to every client (e.g. the session list changed); any thread."""
@@ -256,7 +277,7 @@ class Hub:
         except RuntimeError:
             logger.debug("the hub's loop is closed: a %r message is dropped", message.get("type"))
 
-    def _file(self, session_id: str | None, kind: str, key: Any, text: str) -> None:
+    def _file(self, session_id: str | None, kind: str, key: Any, text: str | bytes) -> None:
         self.n_published += 1
         clients = self._clients if session_id is None else self._subscribers.get(session_id, ())
         for client in clients:
@@ -275,6 +296,7 @@ class Hub:
                 "n_disconnected_total": self.n_disconnected_total,
                 "n_slow_disconnects": self.n_slow_disconnects, "n_bad_messages": self.n_bad_messages,
                 "n_dropped": self._dropped_gone + sum(c.n_dropped for c in clients),
+                "n_images_replaced": self._images_gone + sum(c.n_images_replaced for c in clients),
                 "n_published": self.n_published, "n_encode_errors": self.n_encode_errors,
                 "tasks": len(self._tasks)}
 
@@ -320,6 +342,7 @@ class Hub:
                     del self._subscribers[session_id]
         self.n_disconnected_total += 1
         self._dropped_gone += client.n_dropped
+        self._images_gone += client.n_images_replaced
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close every client with 1001 and wait for their tasks; cancel what is left."""
@@ -345,9 +368,10 @@ class Hub:
                 client.wakeup.clear()
                 await client.wakeup.wait()
                 continue
-            text = item if isinstance(item, str) else item.text()
+            send = (websocket.send_bytes(item) if isinstance(item, bytes)
+                    else websocket.send_text(item if isinstance(item, str) else item.text()))
             try:
-                await asyncio.wait_for(websocket.send_text(text), self.slow_after_s)
+                await asyncio.wait_for(send, self.slow_after_s)
             except TimeoutError:
                 self.n_slow_disconnects += 1
                 logger.warning("a WebSocket client did not read for %.1f s (%d frames dropped): closed",

@@ -18,6 +18,7 @@ from .auth import token_dependency
 router = APIRouter(prefix="/api/sessions", tags=["sessions"], dependencies=[Depends(token_dependency)])
 
 Ref = Annotated[str, Field(min_length=1, max_length=1024)]
+Mode = Literal["retrieval", "generation", "two_stage"]
 
 
 class StreamRef(BaseModel):
@@ -34,7 +35,11 @@ class SessionRequest(BaseModel):
         min_length=1, max_length=8, description="LSL stream names (or name and source id)")
     checkpoint: Ref = Field(description="a checkpoint id from GET /api/checkpoints, or its path")
     gallery: Ref = Field(description="a gallery id from GET /api/galleries, or its path")
-    mode: Literal["retrieval"] = "retrieval"
+    mode: Mode = "retrieval"
+    generator: Ref | None = Field(None, description="a generator folder inside the data roots "
+                                  "(generator.json beside its weights); needed by the generation modes")
+    steps: int = Field(1, ge=1, le=4, description="denoising steps per generated image")
+    strength: float = Field(0.6, ge=0.0, le=1.0, description="two-stage: how far from the retrieved image")
     hop: float = Field(0.05, gt=0, le=1.0, description="seconds between windows")
     k: int = Field(5, ge=1, le=50, description="images retrieved per window")
     record: bool = Field(True, description="write the session folder")
@@ -65,6 +70,18 @@ async def stop_session(session_id: str, request: Request) -> dict:
     app = request.app
     return await run_in_threadpool(app.state.sessions.stop, session_id,
                                    app.state.settings.stop_timeout_s)
+
+
+class ModeRequest(BaseModel):
+    """A running session's new mode (generation and two_stage need its generator)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
+
+
+@router.post("/{session_id}/mode")
+async def set_mode(session_id: str, body: ModeRequest, request: Request) -> dict:
+    return await run_in_threadpool(request.app.state.sessions.set_mode, session_id, body.mode)
 
 
 @router.get("/{session_id}/download")

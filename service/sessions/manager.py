@@ -6,6 +6,12 @@ data roots (:class:`~glimpse.service.catalog.Catalog`), and its streams by LSL n
 the gallery's. Several sessions may decode the same stream: each opens its own LSL
 inlet (LSL serves any number), records its own folder and runs its own worker, so
 comparing two checkpoints on one stream side by side is one more session.
+
+Generation: ``"generator"`` names a generator folder (``generator.json`` beside the
+back-end's files) inside the data roots. Its embedder must be the checkpoint's (a
+400 naming both); it loads in the worker, in the background, while retrieval
+already runs. ``"mode"`` retrieval, generation or two_stage (the last two need a
+generator) switches while the session runs (:meth:`SessionManager.set_mode`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from glimpse.models.generators import GENERATOR_FILE, Generator, check_generate_options
+
 from ..errors import Conflict, InputError, NotFound
+from .generation import GENERATION_MODES
 from .session import LiveSession
 
 logger = logging.getLogger("glimpse.service.sessions")
@@ -40,12 +49,17 @@ def _stream_pair(ref: Any) -> tuple[str | None, str | None]:
 
 
 class SessionManager:
-    """Sessions by id; ``publish(session_id, message)`` is the hub's."""
+    """Sessions by id; ``publish(session_id, message)`` is the hub's (a dict, or bytes:
+    a binary message). ``load_generator(folder, device=)``: what the worker loads
+    generators with (None: :func:`glimpse.models.generators.load_generator`); it
+    crosses to the worker process, so it must pickle (a module-level function)."""
 
-    def __init__(self, settings, catalog, publish: Callable[[str, dict], None], *,
+    def __init__(self, settings, catalog, publish: Callable[[str, dict | bytes], None], *,
                  sessions_dir: Path, log_level: int = logging.WARNING,
-                 clients_of: Callable[[str], int] = lambda session_id: 0):
+                 clients_of: Callable[[str], int] = lambda session_id: 0,
+                 load_generator: Callable | None = None):
         self.settings, self.catalog, self.publish = settings, catalog, publish
+        self.load_generator = load_generator
         self.clients_of = clients_of
         self.sessions_dir, self.log_level = Path(sessions_dir), log_level
         self._sessions: dict[str, LiveSession] = {}
@@ -84,9 +98,13 @@ class SessionManager:
                              f"gallery {gallery['id']} of {sidecar['embedder']} ({sidecar['dim']} dims)",
                              "pick a gallery built with that embedder (GET /api/galleries lists "
                              "each one's), or build one with `glimpse gallery`")
-        if request.get("mode", "retrieval") != "retrieval":
-            raise InputError("mode 'retrieval'", repr(request.get("mode")),
-                             "use retrieval; generation is not available yet")
+        generator = self._generator(request.get("generator"), emb)
+        mode = request.get("mode", "retrieval")
+        if mode in GENERATION_MODES and generator is None:
+            raise InputError(f'a "generator" for mode {mode!r}', "none",
+                             'name a generator folder inside the data roots, or use mode "retrieval"')
+        steps, strength = int(request.get("steps", 1)), float(request.get("strength", 0.6))
+        check_generate_options(steps, strength, 0.0)
         session_id = secrets.token_hex(4)
         folder = None
         if request.get("record", True):
@@ -103,6 +121,9 @@ class SessionManager:
             "ch_names": list(config["channels"]["names"]), "positions": config["channels"]["positions"],
             "sfreq": float(config["sfreq"]), "n_times": int(config["window"]["n_times"]),
             "preprocess": config["preprocess"], "log_level": self.log_level,
+            "generator": generator and generator.pop("abspath"), "mode": mode, "steps": steps,
+            "strength": strength, "mean_norm": emb.get("mean_norm"),
+            "roots": [str(p) for p in self.catalog.roots.paths], "load_generator": self.load_generator,
         }
         describe = {
             "streams": [{"name": n, "source_id": s} for n, s in streams],
@@ -112,13 +133,15 @@ class SessionManager:
                            "modality": ckpt.get("modality")},
             "gallery": {"id": gallery["id"], "name": gallery.get("name"), "n": len(sidecar["ids"]),
                         "embedder": sidecar["embedder"]},
-            "mode": "retrieval", "k": spec["k"], "hop": hop, "record": folder is not None,
+            "mode": mode, "generator": generator, "steps": steps, "strength": strength,
+            "k": spec["k"], "hop": hop, "record": folder is not None,
             "folder": str(folder) if folder is not None else None,
         }
         session = LiveSession(spec, publish=lambda m: self.publish(session_id, m), describe=describe,
                               clients=lambda: self.clients_of(session_id),
                               stimulus_url=self._stimulus_url,
-                              gallery_ids=list(sidecar["ids"]), gallery_size=len(sidecar["ids"]))
+                              gallery_ids=list(sidecar["ids"]), gallery_size=len(sidecar["ids"]),
+                              standby=self.settings.standby_worker)
         with self._lock:
             self._sessions[session_id] = session
         try:
@@ -131,6 +154,32 @@ class SessionManager:
             raise
         logger.info("session %s started: %s -> %s", session_id, streams, folder)
         return session.describe()
+
+    def _generator(self, ref: str | None, embedder: dict[str, Any]) -> dict[str, Any] | None:
+        """The generator folder ``ref`` (inside the roots) described from its generator.json,
+        refused unless it is conditioned on the checkpoint's embedder."""
+        if not ref:
+            return None
+        folder = self.catalog.roots.resolve(ref)
+        config_file = folder / GENERATOR_FILE
+        fix = ("pass the --out folder of `glimpse generator train`, or a folder prepared as the "
+               "documentation's generation page says")
+        if not config_file.is_file():
+            raise InputError(f"a generator folder with {GENERATOR_FILE}", f"{ref!r}, which has none", fix)
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            facts = {k: config[k] for k in ("kind", "embedder", "dim", "size")}
+            generator = Generator(embedder=facts["embedder"], dim=facts["dim"], size=facts["size"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f'{GENERATOR_FILE} with "kind", "embedder", "dim" and "size"',
+                             f"{ref!r}: {type(err).__name__}: {err}", fix) from None
+        generator.check_embedder(embedder["name"], int(embedder["dim"]))
+        return {"name": folder.name, "path": self.catalog.roots.relative(folder),
+                "abspath": str(folder), **facts}
+
+    def set_mode(self, session_id: str, mode: str) -> dict[str, Any]:
+        """Switch a running session's mode; its description."""
+        return self.get(session_id).set_mode(mode)
 
     def _stimulus_url(self, stim_file: str) -> str | None:
         """Where the viewer gets a true stimulus that is not in the gallery: only a file

@@ -17,6 +17,14 @@ recording every sample) connects to it; frames resume. The service matches each
 frame to its true stimulus from the markers the acquisition process forwards,
 records it through the acquisition process (the one writer of the folder), and
 publishes it.
+
+Generation (a session started with a generator): the worker's generation thread
+(:mod:`.generation`) sends images generated from the newest embedding of each
+stream; each is published as a binary WebSocket message carrying the session
+``seq`` of the frame it came from (:func:`~.generation.encode_generated`)
+and the window's age. :meth:`LiveSession.set_mode` switches retrieval, generation
+and two-stage while it runs; a generator failure is reported ("generation_failed")
+and the session falls back to retrieval.
 """
 
 from __future__ import annotations
@@ -44,11 +52,15 @@ from typing import Any
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.markers import MarkerLog
 
+import pylsl
+
 from ..decode import LiveStats
+from ..errors import Conflict
 from ..live import GalleryIds, truth_of
 from .acquirer import acquirer_main
-from .wire import Pipe
-from .worker_proc import worker_main
+from .generation import GENERATION_MODES, encode_generated
+from .wire import Pipe, await_first
+from .workers import Workers
 
 logger = logging.getLogger("glimpse.service.sessions")
 
@@ -57,35 +69,7 @@ __all__ = ["LiveSession"]
 _TICK_S = 0.25  # supervisor: how often it looks at the processes
 _MAX_FAST_RESTARTS = 5  # restarts within _RESTART_WINDOW_S before backing off
 _RESTART_WINDOW_S, _BACKOFF_S = 60.0, 10.0
-
-
-def _error_from(body: dict[str, str]) -> InputError:
-    if "expected" in body:
-        return InputError(body["expected"], body["got"], body["fix"])
-    return InputError("a session that starts", body.get("message", "an unknown failure"),
-                      "read the service log for the details")
-
-
-def _await_first(conn: Connection, proc, timeout: float, what: str) -> dict:
-    """The body of the process's "ready" message; its "error" raised as InputError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.poll(0.1):
-            try:
-                kind, *body = conn.recv()
-            except (EOFError, OSError):
-                break
-            if kind == "ready":
-                return body[0]
-            if kind == "error":
-                raise _error_from(body[0])
-        elif not proc.is_alive():
-            break
-    proc.join(1.0)
-    code = proc.exitcode
-    raise InputError(f"the {what} process to start within {timeout:g} s",
-                     "it exited with code %s" % code if code is not None else "no answer",
-                     "read the service log; check the checkpoint, gallery and streams")
+_SEQS_KEPT = 512  # worker frame seq -> session seq, for the generated images that follow
 
 
 class LiveSession:
@@ -95,7 +79,7 @@ class LiveSession:
                  describe: dict[str, Any], gallery_ids: list[str], gallery_size: int,
                  clients: Callable[[], int] = lambda: 0,
                  stimulus_url: Callable[[str], str | None] = lambda stim_file: None,
-                 ready_timeout: float = 120.0):
+                 ready_timeout: float = 120.0, standby: bool = True):
         self.id = spec["session"]
         self.spec, self.publish, self.ready_timeout = spec, publish, ready_timeout
         self.clients = clients
@@ -113,12 +97,17 @@ class LiveSession:
         self._acq_stats: list[dict] = []
         self._sender_stats: dict = {}
         self._stream_state: dict[str, str] = {}
+        self.mode = spec.get("mode", "retrieval")
+        self.n_generated = self.n_generated_unmatched = 0
+        self._generator_state = "loading" if spec.get("generator") else None
         self._seq = itertools.count()
         self._frames_lock = threading.Lock()
         self._ctx = mp.get_context("spawn")
-        self._acq = self._worker = None
+        self._acq = None
         self._acq_pipe: Pipe | None = None
+        self._workers = Workers(self._ctx, spec, ready_timeout=ready_timeout, standby=standby)
         self._worker_conn: Connection | None = None
+        self._worker_lock = threading.Lock()  # sends to the worker: requests and the stop
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sockdir = tempfile.mkdtemp(prefix="glimpse-")
@@ -136,7 +125,7 @@ class LiveSession:
                                           name=f"glimpse-acquire-{self.id}", daemon=True)
             self._acq.start()
             child.close()
-            _await_first(parent, self._acq, self.spec["resolve_timeout"] + 30.0, "acquisition")
+            await_first(parent, self._acq, self.spec["resolve_timeout"] + 30.0, "acquisition")
             self._acq_pipe = Pipe(parent)
         except BaseException:
             self.state = "failed"
@@ -181,58 +170,70 @@ class LiveSession:
         return status
 
     def _stop_worker(self, timeout: float) -> None:
-        conn, proc = self._worker_conn, self._worker
-        if conn is not None:
-            try:
-                conn.send(("stop",))
-            except (OSError, EOFError, ValueError):
-                pass
-        if proc is not None:
-            proc.join(timeout)
+        with self._worker_lock:  # no request goes to a worker being stopped
+            self._worker_conn = None
+        self._workers.close(timeout)
 
     def _kill_all(self) -> None:
-        for proc in (self._acq, self._worker):
-            if proc is not None and proc.is_alive():
-                proc.kill()
-                proc.join(5.0)
+        if self._acq is not None and self._acq.is_alive():
+            self._acq.kill()
+            self._acq.join(5.0)
+        self._workers.close(0.0)
         shutil.rmtree(self._sockdir, ignore_errors=True)
 
     # -------------------------------------------------------------------- worker
 
     def _spawn_worker(self) -> None:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=worker_main, args=(self.spec, child),
-                                 name=f"glimpse-worker-{self.id}", daemon=True)
-        proc.start()
-        child.close()
-        try:
-            ready = _await_first(parent, proc, self.ready_timeout, "worker")
-        except BaseException:
-            if proc.is_alive():
-                proc.kill()
-            raise
-        self._worker, self._worker_conn = proc, parent
-        self.worker_pid, self.worker_state = ready["pid"], "running"
-        thread = threading.Thread(target=self._read_worker, args=(parent,),
+        """The first worker (its errors are the request's), or a replacement (the standby)."""
+        if self.spec.get("generator"):
+            self._generator_state = "loading"  # each worker loads its own
+        worker = (self._workers.replace(self.mode) if self._workers.active is not None
+                  else self._workers.start(self.mode))
+        with self._worker_lock:
+            self._worker_conn = worker.conn
+        self.worker_pid, self.worker_state = worker.pid, "running"
+        thread = threading.Thread(target=self._read_worker, args=(worker.conn,),
                                   name=f"worker-reader-{self.id}", daemon=True)
         thread.start()
 
+    def _to_worker(self, message: tuple) -> None:
+        with self._worker_lock:
+            if self._worker_conn is not None:
+                try:
+                    self._worker_conn.send(message)
+                except (OSError, EOFError, ValueError):  # it died: the supervisor restarts it
+                    pass
+
     def _read_worker(self, conn: Connection) -> None:
+        seqs: dict[int, int] = {}  # this worker's frame seq -> the session's
         while True:
             try:
                 kind, body = conn.recv()
             except (EOFError, OSError):  # the worker exited: the supervisor sees it
                 return
             if kind == "frame":
-                self._on_frame(body)
+                self._on_frame(body, seqs)
             elif kind == "stats":
                 self._worker_stats = body
+            elif kind == "generated":
+                self._on_generated(body, seqs)
+            elif kind == "generator_ready":
+                self._generator_state = "ready"
+                self._event("generator_ready", f"generator {body['kind']} ready ({body['size']} px, "
+                            f"warm-up {body['warmup_ms']:.0f} ms)")
+            elif kind == "generation_failed":
+                self._on_generation_failed(body["message"])
 
-    def _on_frame(self, frame: dict) -> None:
+    def _on_frame(self, frame: dict, seqs: dict[int, int] | None = None) -> None:
         with self._frames_lock:  # a frame is counted, recorded and published, or none of it
             if self.state != "running":
                 return  # decoded after the stop: the session has ended
-            frame["seq"] = next(self._seq)  # per session, across worker restarts
+            worker_seq, frame["seq"] = frame["seq"], next(self._seq)  # per session, across restarts
+            frame["mode"] = self.mode
+            if seqs is not None:
+                seqs[worker_seq] = frame["seq"]
+                if len(seqs) > _SEQS_KEPT:
+                    del seqs[next(iter(seqs))]
             truth = truth_of(self.markers.get(frame["stream"]), frame["t_window_end"], self.ids)
             if truth is not None:  # the gallery's image, else the file itself when it is served
                 truth["url"] = (f"/api/gallery/{self.spec['gallery_id']}/" + urllib.parse.quote(truth["id"])
@@ -244,11 +245,50 @@ class LiveSession:
             self._acq_pipe.send(("frame", frame))  # recorded by the folder's one writer
         self.publish(frame)
 
+    def _on_generated(self, body: dict, seqs: dict[int, int]) -> None:
+        seq = seqs.get(body["seq"])
+        if seq is None or self.state != "running" or self.mode == "retrieval":
+            self.n_generated_unmatched += 1  # its frame was never published, or generation is off
+            return
+        header = {"type": "generated", "session": self.id, "seq": seq, "stream": body["stream"],
+                  "t_window_end": body["t_window_end"],
+                  "age_ms": 1e3 * (pylsl.local_clock() - body["t_window_end"]),
+                  "mode": body["mode"], "format": body["format"], "width": body["width"],
+                  "height": body["height"], "generate_ms": body["generate_ms"]}
+        self.n_generated += 1
+        self.publish(encode_generated(seq, header, body["image"]))
+
+    def _on_generation_failed(self, message: str) -> None:
+        if self._generator_state == "loading":
+            self._generator_state = "failed"
+        self.mode = self.spec["mode"] = "retrieval"
+        self._event("generation_failed", f"{message}; the session goes on with retrieval")
+        self._announce()
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        """Switch between retrieval, generation and two-stage; the new description."""
+        if self.state != "running":
+            raise Conflict("a running session", f"session {self.id}, {self.state}",
+                           "start a new session in that mode")
+        if mode in GENERATION_MODES and not self.spec.get("generator"):
+            raise InputError(f"a session started with a generator for mode {mode!r}",
+                             f"session {self.id}, started without one",
+                             'start a session with "generator": a generator folder in the data roots')
+        if mode != self.mode:
+            self.mode = self.spec["mode"] = mode  # a restarted worker starts in it
+            if mode in GENERATION_MODES and self._generator_state == "failed":
+                self._generator_state = "loading"  # the worker loads it again
+            self._to_worker(("mode", mode))
+            self._event("mode_changed", f"mode: {mode}")
+            self._announce()
+        return self.describe()
+
     def _supervise(self) -> None:
         ticks = 0
         while not self._stop.wait(_TICK_S):
             ticks += 1
-            if self._worker is not None and not self._worker.is_alive() and not self._stop.is_set():
+            active = self._workers.active
+            if active is not None and not active.alive() and not self._stop.is_set():
                 self._restart_worker()
             if not self._acq.is_alive() and not self._stop.is_set():
                 self.state = "failed"
@@ -261,7 +301,7 @@ class LiveSession:
                 self.publish({"type": "status", **self.status()})
 
     def _restart_worker(self) -> None:
-        code = self._worker.exitcode
+        code = self._workers.active.proc.exitcode
         how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                else f"exit code {code}")
         self.worker_state = "restarting"
@@ -328,7 +368,14 @@ class LiveSession:
     # -------------------------------------------------------------------- views
 
     def describe(self) -> dict[str, Any]:
-        return {**self._describe, "id": self.id, "state": self.state, "created": self.created}
+        return {**self._describe, "id": self.id, "state": self.state, "created": self.created,
+                "mode": self.mode, "generator_state": self._generator_state}
+
+    def _generation_status(self, worker: dict | None) -> dict[str, Any] | None:
+        if not self.spec.get("generator"):
+            return None
+        return {**(worker or {}), "mode": self.mode, "state": self._generator_state,
+                "n_published": self.n_generated, "n_unmatched": self.n_generated_unmatched}
 
     def status(self) -> dict[str, Any]:
         w, acqs = self._worker_stats, self._acq_stats
@@ -339,7 +386,7 @@ class LiveSession:
         return {
             "session": self.id, "state": self.state,
             "worker": {"state": self.worker_state, "restarts": self.worker_restarts,
-                       "pid": self.worker_pid},
+                       "pid": self.worker_pid, "standby": self._workers.standby_state},
             "decode_rate": w.get("decode_rate", 0.0), "latency_ms": latency,
             "n_decoded": self.live.n_frames, "n_dropped": w.get("n_dropped", 0)
             + self._sender_stats.get("n_replaced", 0),
@@ -351,6 +398,7 @@ class LiveSession:
                                                  "missing_channels", "flat_channels",
                                                  "saturated_channels")} for a in acqs],
             "accuracy": self.live.summary(), "events": list(self.events)[-10:],
+            "generation": self._generation_status(w.get("generation")),
             "clients": self.clients(),
         }
 

@@ -26,7 +26,8 @@ from glimpse.streaming.window import Window
 
 logger = logging.getLogger("glimpse.service.sessions.wire")
 
-__all__ = ["Pipe", "WindowSender", "decode_header", "encode_header", "error_body", "recv_window"]
+__all__ = ["Pipe", "WindowSender", "await_first", "decode_header", "encode_header", "error_body",
+           "recv_window"]
 
 _RETRY_S = 0.2  # how often a sender without a worker tries to connect again
 
@@ -162,3 +163,33 @@ class WindowSender:
                     self._conn.close()
                     self._conn = None
                     self.n_undelivered += 1
+
+
+def _error_from(body: dict[str, str]) -> InputError:
+    if "expected" in body:
+        return InputError(body["expected"], body["got"], body["fix"])
+    return InputError("a session that starts", body.get("message", "an unknown failure"),
+                      "read the service log for the details")
+
+
+def await_first(conn: Connection, proc, timeout: float, what: str, *, kind: str = "ready") -> dict:
+    """The body of the process's first message, which must be ``kind``; its "error"
+    raised as InputError, as are its death and its silence."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.poll(0.1):
+            try:
+                got, *body = conn.recv()
+            except (EOFError, OSError):
+                break
+            if got == kind:
+                return body[0]
+            if got == "error":
+                raise _error_from(body[0])
+        elif not proc.is_alive():
+            break
+    proc.join(1.0)
+    code = proc.exitcode
+    raise InputError(f"the {what} process to start within {timeout:g} s",
+                     "it exited with code %s" % code if code is not None else "no answer",
+                     "read the service log; check the checkpoint, gallery and streams")

@@ -9,14 +9,17 @@ same socket address and the acquisition process connects to it again; nothing it
 recorded is touched.
 
 Messages on ``conn`` (a duplex pipe to the service), each a tuple. To the
-service: ``("ready", {"pid", "backend"})``, ``("error", {...})``, ``("frame",
-frame)``, ``("stats", worker stats + "transfer_ms" percentiles)`` (~1/s). From
-the service: ``("stop",)``.
+service: ``("loaded", {"pid"})`` once the model is loaded (it then waits as the
+session's standby, :mod:`.workers`), ``("ready", {"pid", "backend"})`` once
+activated, ``("error", {...})``, ``("frame", frame)``, ``("stats", worker stats +
+"transfer_ms" percentiles)`` (~1/s), and the generation messages. From the
+service: ``("activate", mode)``, ``("mode", mode)``, ``("stop",)``.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
@@ -51,35 +54,76 @@ def worker_main(spec: dict[str, Any], conn: Connection) -> None:
                                         allow_missing=spec["allow_missing"])
         prefix = f"/api/gallery/{spec['gallery_id']}/"
         decoder.image_url = lambda image_id: prefix + urllib.parse.quote(image_id)
+    except Exception as err:  # noqa: BLE001 - reported to the service
+        pipe.send(("error", error_body(err)))
+        return
+    # Loaded: wait, as the session's standby, until the service makes this the worker.
+    pipe.send(("loaded", {"pid": os.getpid()}))
+    try:
+        message = conn.recv()
+    except (EOFError, OSError):
+        return
+    if message[0] != "activate":
+        return
+    spec = {**spec, "mode": message[1]}
+    try:
         address = spec["windows_address"]
         if os.path.exists(address):  # the socket of a worker that died
             os.unlink(address)
         listener = Listener(address, family="AF_UNIX", authkey=spec["authkey"])
         worker = Worker(decoder, session=spec["session"], max_batch=len(spec["streams"]),
                         on_frame=lambda frame: pipe.send(("frame", frame)))
+        generation = _generation(spec, decoder, pipe)
         freeze_heap()
         worker.start()
     except Exception as err:  # noqa: BLE001 - reported to the service
         pipe.send(("error", error_body(err)))
         return
+    if generation is not None:
+        generation.start()
     transfer = collections.deque(maxlen=2048)
     threading.Thread(target=_accept, args=(listener, worker, decoder.ch_names, transfer),
                      name="worker-accept", daemon=True).start()
     stop = threading.Event()
-    threading.Thread(target=_report, args=(worker, pipe, transfer, stop), name="worker-report",
-                     daemon=True).start()
+    threading.Thread(target=_report, args=(worker, generation, pipe, transfer, stop),
+                     name="worker-report", daemon=True).start()
     pipe.send(("ready", {"pid": os.getpid(), "backend": backend}))
     try:
         while True:
             try:
-                if conn.recv()[0] == "stop":
-                    break
+                message = conn.recv()
             except (EOFError, OSError):  # the service is gone
                 break
+            if message[0] == "stop":
+                break
+            if message[0] == "mode" and generation is not None:
+                generation.set_mode(message[1])
     finally:
         stop.set()
+        if generation is not None:
+            generation.stop()
         worker.stop()
         listener.close()
+
+
+def _generation(spec: dict[str, Any], decoder, pipe: Pipe):
+    """The generation thread (not started) fed by ``decoder``, or None without a generator."""
+    if not spec.get("generator"):
+        return None
+    from .generation import Generation, InitImages
+
+    load = spec.get("load_generator")
+    if load is None:
+        from glimpse.models.generators import load_generator as load
+    gallery = decoder.gallery
+    generation = Generation(
+        functools.partial(load, spec["generator"], device=spec["device"]), send=pipe.send,
+        embedder=(decoder.checkpoint.embedder_name, decoder.checkpoint.embed_dim),
+        mode=spec["mode"], steps=spec["steps"], strength=spec["strength"],
+        mean_norm=spec["mean_norm"],
+        init_images=InitImages(gallery.paths, os.path.dirname(spec["gallery"]), spec["roots"]))
+    decoder.on_embeddings = generation.offer
+    return generation
 
 
 def _accept(listener: Listener, worker, ch_names: tuple[str, ...], transfer) -> None:
@@ -105,9 +149,10 @@ def _receive(conn: Connection, worker, ch_names: tuple[str, ...], transfer) -> N
         worker.submit(window)
 
 
-def _report(worker, pipe: Pipe, transfer, stop: threading.Event) -> None:
+def _report(worker, generation, pipe: Pipe, transfer, stop: threading.Event) -> None:
     while not stop.wait(STATS_EVERY_S):
         stats = worker.stats()
+        stats["generation"] = generation.stats() if generation is not None else None
         hops = np.asarray(transfer, float)
         stats["transfer_ms"] = ({q: float(np.percentile(hops, p)) for q, p in
                                  (("p50", 50), ("p95", 95), ("p99", 99))} if len(hops) else

@@ -121,7 +121,10 @@ def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root,
             assert status["worker"]["state"] == "running" and status["decode_rate"] > 0
             assert "glimpse_decode_rate" in http.get("/metrics").text
 
-            # SIGKILL the worker: the service stays up, restarts it, frames resume within 10 s.
+            # SIGKILL the worker once its standby is loaded: the service stays up, the
+            # standby takes over, frames resume within 10 s.
+            _until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
+                   == "ready", 120, "the standby worker loaded")
             os.kill(status["worker"]["pid"], signal.SIGKILL)
             killed_at = len(ws.of("frame"))
             _until(lambda: [e for e in ws.of("event") if e["event"] == "worker_crashed"], 10,

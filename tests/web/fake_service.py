@@ -7,6 +7,12 @@ sessions that decode at 20 frames/s. Timestamps are honest: frames carry
 the page's glass-to-glass figure is a real measurement. The real service is tested
 end to end elsewhere.
 
+With ``generator=True`` its sessions have a generator and start in mode
+"generation": every other frame tick a generated image follows as a binary message
+(``[seq uint64 LE][header length uint32 LE][JSON header][JPEG]``, written here
+independently of the service's encoder), and ``POST /api/sessions/{id}/mode``
+switches the mode.
+
 ``FakeService(web_dir, tmp_dir).start()`` serves ``web/`` at ``/`` with uvicorn on a
 loopback port, in a thread; ``stop()`` and ``start()`` again reuse the port (the
 viewer's reconnect test). ``calls`` records every POST and DELETE.
@@ -16,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import json
 import math
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +64,8 @@ RECORDINGS = [
      "n_trials": 48, "size_bytes": 2_000_000},
 ]
 STAGES = ("acquire", "preprocess", "queue", "encode", "retrieve", "total")
+GENERATOR = {"name": "embedded-handcrafted", "path": "generators/embedded-handcrafted", "kind": "embedded",
+             "embedder": "clip-vit-b32", "dim": 512, "size": 64}
 TRACE_CHANNELS = ("O1", "Oz", "O2", "POz")
 
 
@@ -107,6 +118,9 @@ class FakeSession:
     n_truth: int = 0
     n_top1: int = 0
     n_topk: int = 0
+    generator: dict | None = None
+    mode: str = "retrieval"
+    n_generated: int = 0
 
     def describe(self) -> dict[str, Any]:
         names, positions = sensor_layout(self.checkpoint["n_chans"])
@@ -118,7 +132,9 @@ class FakeSession:
                                "n_times": 50, "modality": self.checkpoint["modality"]},
                 "gallery": {"id": GALLERY_ID, "name": "things-test", "n": len(CONCEPTS),
                             "embedder": "clip-vit-b32"},
-                "mode": "retrieval", "k": 5, "hop": 1 / FRAME_HZ, "record": True,
+                "mode": self.mode, "generator": self.generator, "steps": 1, "strength": 0.6,
+                "generator_state": "ready" if self.generator else None, "k": 5, "hop": 1 / FRAME_HZ,
+                "record": True,
                 "folder": f"sessions/{self.id}", "created": self.created}
 
 
@@ -126,15 +142,17 @@ class FakeService:
     """The app, its canned state, and a uvicorn server in a thread (restartable on its port)."""
 
     def __init__(self, web_dir: Path, tmp_dir: Path, *, sessions: int = 1, token: str | None = None,
-                 fail_start: dict | None = None):
+                 fail_start: dict | None = None, generator: bool = False):
         self.web_dir = Path(web_dir)
         self.gallery_dir = Path(tmp_dir) / "gallery"
         self.digests = write_gallery(self.gallery_dir)
         self.token = token
         self.fail_start = fail_start  # an error body POST /api/sessions answers with (409)
         self.calls: list[tuple[str, str, Any]] = []
+        gen = GENERATOR if generator else None
         self.sessions = {f"s{i + 1}": FakeSession(f"s{i + 1}", stream=f"glimpse-sim-{i + 1}",
-                                                  checkpoint=CHECKPOINTS[i % 2])
+                                                  checkpoint=CHECKPOINTS[i % 2], generator=gen,
+                                                  mode="generation" if gen else "retrieval")
                          for i in range(sessions)}
         self.clients: set[asyncio.Queue] = set()
         self.port = free_port()
@@ -263,6 +281,15 @@ class FakeService:
                                              checkpoint=ckpt)
             return self.sessions[sid].describe()
 
+        @app.post("/api/sessions/{sid}/mode")
+        async def set_mode(sid: str, request: Request):
+            body = await request.json()
+            self.calls.append(("POST", f"/api/sessions/{sid}/mode", body))
+            session = self.sessions[sid]
+            session.mode = body["mode"]
+            self._broadcast({"type": "session", "session": session.describe()})
+            return session.describe()
+
         @app.delete("/api/sessions/{sid}")
         async def stop_session(sid: str):
             self.calls.append(("DELETE", f"/api/sessions/{sid}", None))
@@ -320,7 +347,10 @@ class FakeService:
                     session = self.sessions[sid]
                     if session.state != "running":
                         continue
-                    await websocket.send_json(self._frame(session, tick))
+                    frame = self._frame(session, tick)
+                    await websocket.send_json(frame)
+                    if session.mode != "retrieval" and tick % 2 == 0:
+                        await websocket.send_bytes(self._generated(session, frame))
                     if tick % STATUS_EVERY == 0:
                         await websocket.send_json({"type": "status", **self._status(session)})
                     if tick % SIGNAL_EVERY == 0:
@@ -360,6 +390,23 @@ class FakeService:
                 "truth": {"stim_file": f"stimuli/{truth_id}", "concept": CONCEPTS[shown], "trial_type": "test",
                           "t": now - 0.1, "id": truth_id, "age_s": 0.1, "url": self._url(truth_id)},
                 "hit": truth_id in ids, "t_sent": now}
+
+    @staticmethod
+    def _generated(session: FakeSession, frame: dict) -> bytes:
+        """A generated image for ``frame``: a 64 px JPEG in the truth's hue, as the service sends it."""
+        session.n_generated += 1
+        hue = CONCEPTS.index(frame["truth"]["concept"]) / len(CONCEPTS)
+        colour = tuple(int(255 * (0.5 + 0.45 * math.cos(2 * math.pi * (hue + s / 3)))) for s in range(3))
+        image = Image.new("RGB", (64, 64), colour)
+        ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=(240, 240, 240))
+        jpeg = io.BytesIO()
+        image.save(jpeg, "JPEG", quality=85)
+        now = pylsl.local_clock()
+        header = json.dumps({"type": "generated", "session": session.id, "seq": frame["seq"],
+                             "stream": frame["stream"], "t_window_end": frame["t_window_end"],
+                             "age_ms": 1e3 * (now - frame["t_window_end"]), "mode": session.mode,
+                             "format": "jpeg", "width": 64, "height": 64, "generate_ms": 30.0}).encode()
+        return struct.pack("<QI", frame["seq"], len(header)) + header + jpeg.getvalue()
 
     @staticmethod
     def _url(image_id: str) -> str:

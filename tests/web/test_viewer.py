@@ -272,3 +272,65 @@ def test_pure_logic_in_the_browser(fake, open_viewer):
     assert result["constant"] and result["outside"]
     assert result["ranks"] == [0, 1, -1, None]
     assert result["backlog"] == [40, 40, 39, 40]  # one frame waits, the newest; the filmstrip keeps all
+
+
+def test_generated_images_show_beside_the_retrieved_and_the_mode_switches(fake, open_viewer, artefacts):
+    service = fake(generator=True)
+    page, console = open_viewer(service.url)
+    wait_panels_live(page)
+    panel = "#panels > .panel"
+    page.wait_for_function(f"({NON_BLANK})('{panel} .generated canvas') > 1000", timeout=SHOWN_S * 1000)
+    page.wait_for_function(f"/^generation · age \\d+ ms$/.test(document.querySelector('{panel} .generated "
+                           "figcaption').textContent)", timeout=SHOWN_S * 1000)
+    page.screenshot(path=artefacts / "generated.png")
+    one = stats(page)["sessions"]["s1"]
+    assert one["mode"] == "generation" and one["generated_painted"] > 0
+    assert one["generated_painted"] + one["generated_skipped"] <= one["generated_received"]
+    # The service's age at sending and the painted age: from the window's end, at least
+    # the fake's 20 ms, less the clock's uncertainty.
+    age = int(re.search(r"age (\d+) ms", page.locator(f"{panel} .generated figcaption").inner_text())[1])
+    assert 20 - stats(page)["offset_uncertainty_ms"] - 1 < age < 5000
+
+    page.select_option(f"{panel} .panel-mode-select", "retrieval")
+    wait_until(lambda: ("POST", "/api/sessions/s1/mode", {"mode": "retrieval"}) in service.calls,
+               what="POST /api/sessions/s1/mode")
+    page.wait_for_function(f"document.querySelector('{panel} .panel-mode-select').value === 'retrieval'")
+    time.sleep(0.3)  # one in flight may still come
+    before = stats(page)["sessions"]["s1"]["generated_received"]
+    time.sleep(1.0)
+    assert stats(page)["sessions"]["s1"]["generated_received"] == before  # retrieval: none come
+    page.wait_for_function(f"document.querySelector('{panel} .generated').classList.contains('old')",
+                           timeout=5000)  # the last one is dimmed, not passed off as live
+    page.select_option(f"{panel} .panel-mode-select", "two_stage")
+    page.wait_for_function(f"document.querySelector('{panel} .generated figcaption').textContent"
+                           ".startsWith('two-stage')", timeout=SHOWN_S * 1000)
+    assert page.evaluate(f"document.querySelector('{panel} .generated').classList.contains('old')") is False
+
+    parsed = page.evaluate("""async () => {
+      const { parseGenerated } = await import('/js/socket.js');
+      const head = new TextEncoder().encode(JSON.stringify({type: 'generated', seq: 2 ** 40 + 1}));
+      const buf = new ArrayBuffer(12 + head.length + 3);
+      const view = new DataView(buf);
+      view.setBigUint64(0, BigInt(2 ** 40 + 1), true);
+      view.setUint32(8, head.length, true);
+      new Uint8Array(buf, 12).set(head);
+      new Uint8Array(buf, 12 + head.length).set([255, 216, 255]);
+      const msg = parseGenerated(buf);
+      return [msg.seq, msg.header.seq, msg.blob.size, msg.blob.type];
+    }""")
+    assert parsed == [2**40 + 1, 2**40 + 1, 3, "image/jpeg"]
+    assert stats(page)["errors"] == []
+    assert console.unexpected() == []
+
+
+def test_a_session_without_a_generator_offers_retrieval_only(fake, open_viewer):
+    service = fake()
+    page, console = open_viewer(service.url)
+    wait_panels_live(page)
+    panel = "#panels > .panel"
+    assert page.locator(f"{panel} .generated").is_hidden()
+    disabled = page.eval_on_selector(f"{panel} .panel-mode-select",
+                                     "s => [...s.options].map((o) => [o.value, o.disabled])")
+    assert disabled == [["retrieval", False], ["generation", True], ["two_stage", True]]
+    assert stats(page)["sessions"]["s1"]["generated_received"] == 0
+    assert console.unexpected() == []

@@ -3,8 +3,10 @@
 
 import { toast } from "./toast.js";
 
-// The decoding modes a session can run in ("retrieval": gallery top-k).
-export const MODES = ["retrieval", "generation"];
+// The decoding modes a session can run in ("retrieval": gallery top-k; "generation":
+// images drawn from the decoded embedding; "two_stage": drawn from the retrieved top-1,
+// guided by the embedding). The generation modes need a generator folder.
+export const MODES = ["retrieval", "generation", "two_stage"];
 
 function option(value, text, title = "") {
   const o = document.createElement("option");
@@ -90,6 +92,8 @@ export class Controls {
     }
     const body = { streams: [{ name: stream.name, source_id: stream.source_id }], checkpoint, gallery,
       mode: this.el("mode").value };
+    const generator = this.el("generator").value.trim();
+    if (generator) body.generator = generator;
     const description = await this.api.post("/api/sessions", body).catch(() => null);
     if (!description) return;
     toast(`Session ${description.id} started`, {}, "info");

@@ -86,7 +86,7 @@ function layout() {
   want.forEach((s, i) => {
     let panel = panels.get(s.id);
     if (!panel) {
-      panel = new Panel(s, store, socket.clock, images);
+      panel = new Panel(s, store, socket.clock, images, setMode);
       panel.q(".panel-close").onclick = () => dismiss(s.id);
       panel.root.addEventListener("focusin", () => setFocus(panelList().indexOf(panel.root)));
       panels.set(s.id, panel);
@@ -99,6 +99,12 @@ function layout() {
   const more = eligible().length - want.length;
   document.getElementById("more").textContent = more > 0 ? `+${more} more` : "";
   setFocus(Math.min(focusIndex, Math.max(0, want.length - 1)));
+}
+
+/** Switch a session's mode; the "session" message that follows redraws its panel (a refusal: a toast). */
+function setMode(id, mode) {
+  api.post(`/api/sessions/${encodeURIComponent(id)}/mode`, { mode })
+    .catch(() => { const s = store.sessions.get(id); if (s) s.descVersion += 1; }); // back to the mode it has
 }
 
 function dismiss(id) {
@@ -149,7 +155,9 @@ window.glimpse = {
     const sessions = {};
     for (const s of store.sessions.values()) {
       sessions[s.id] = { frames_received: s.received, frames_painted: s.painted, frames_skipped: s.skipped,
-        g2g_ms: [...s.g2g], state: s.desc ? s.desc.state : null };
+        g2g_ms: [...s.g2g], state: s.desc ? s.desc.state : null, mode: s.desc ? s.desc.mode : null,
+        generated_received: s.generated.received, generated_painted: s.generated.painted,
+        generated_skipped: s.generated.skipped };
     }
     return {
       frames_received: store.totals.received, frames_painted: store.totals.painted,

@@ -5,6 +5,8 @@
 import { browserMs } from "./clock.js";
 import { DecodedView } from "./decoded.js";
 import { Filmstrip } from "./filmstrip.js";
+import { GeneratedView } from "./generated.js";
+import { MODES } from "./controls.js";
 import { percentile, Sparkline, StageBars } from "./charts.js";
 import { Topography } from "./topo.js";
 import { Traces } from "./traces.js";
@@ -20,8 +22,9 @@ export class Panel {
    * @param {import("./state.js").Store} store
    * @param {import("./clock.js").ClockFilter} clock
    * @param {import("./canvas.js").ImageCache} images
+   * @param {(id: string, mode: string) => void} setMode  asks the service to switch the session's mode
    */
-  constructor(session, store, clock, images) {
+  constructor(session, store, clock, images, setMode = () => {}) {
     this.session = session;
     this.store = store;
     this.clock = clock;
@@ -32,6 +35,12 @@ export class Panel {
     this.decoded = new DecodedView(node);
     this.decoded.onShown = (frame) => setTimeout(() => this.measureG2g(frame), 0);
     this.decoded.onImageError = (url) => store.error(`image failed to load: ${url}`);
+    this.generated = new GeneratedView(node, clock);
+    this.generated.onPainted = () => { session.generated.painted += 1; };
+    this.generated.onError = (err) => store.error(`generated image: ${err}`);
+    const modeSelect = this.q(".panel-mode-select");
+    modeSelect.replaceChildren(...MODES.map((m) => new Option(m.replace("_", "-"), m)));
+    modeSelect.onchange = () => setMode(session.id, modeSelect.value);
     this.filmstrip = new Filmstrip(this.q("canvas.filmstrip"), images);
     this.stages = new StageBars(this.q("canvas.stages"));
     this.latency = new Sparkline(this.q("canvas.spark-latency"), { title: "latency", unit: "ms", series: ["p50", "p99"] });
@@ -58,6 +67,11 @@ export class Panel {
       this.lastFrameAt = now;
     }
     this.decoded.swapIfReady();
+    if (s.pendingGenerated && !this.generated.decoding) {
+      this.generated.render(s.pendingGenerated);
+      s.pendingGenerated = null;
+    }
+    this.generated.tick(now);
     this.root.classList.toggle("stale", !s.gone && s.received > 0 && now - (this.lastFrameAt || 0) > 2 * SECOND_MS);
     if (s.descVersion !== this.seen.desc) this.renderHeader();
     if (s.bannersVersion !== this.seen.banners) this.renderBanners();
@@ -99,7 +113,14 @@ export class Panel {
     this.root.dataset.state = state;
     this.q(".panel-title").textContent = `${d.checkpoint ? d.checkpoint.name : "?"} → ${d.gallery ? d.gallery.name : "?"}`;
     this.q(".panel-streams").textContent = (d.streams || []).map((st) => st.name).join(", ");
-    this.q(".panel-mode").textContent = `${d.mode} · k=${d.k}`;
+    this.q(".panel-mode").textContent = `k=${d.k}`;
+    const modeSelect = this.q(".panel-mode-select");
+    for (const option of modeSelect.options) option.disabled = option.value !== "retrieval" && !d.generator;
+    modeSelect.value = d.mode;
+    modeSelect.disabled = !["starting", "running"].includes(state);
+    modeSelect.title = d.generator ? `generator ${d.generator.name} (${d.generator.kind}, ${d.generator.size} px)`
+      : "retrieval only: start the session with a generator to generate";
+    this.generated.show(Boolean(d.generator));
   }
 
   renderBanners() {

@@ -3,6 +3,8 @@
 // The handler only parses and hands each message to the store; drawing happens in
 // the animation loop. After a drop it reconnects by itself (0.5 s doubling to 10 s,
 // with jitter); the "hello" that follows says which sessions to subscribe to again.
+// A binary message is a generated image: [seq uint64 LE][header length uint32 LE]
+// [JSON header][JPEG bytes] (service/sessions/generation.py, encode_generated).
 
 import { browserMs, ClockFilter } from "./clock.js";
 
@@ -11,6 +13,16 @@ const BACKOFF_MAX_MS = 10000;
 const PING_BURST = 4;          // quick pings after connecting: an offset within a second
 const PING_BURST_MS = 250;
 const PING_EVERY_MS = 3000;    // then a fresh sample every few seconds
+
+/** A generated image's binary message -> {seq, header, blob}. */
+export function parseGenerated(buffer) {
+  const view = new DataView(buffer);
+  const seq = Number(view.getBigUint64(0, true));
+  const n = view.getUint32(8, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 12, n)));
+  const type = header.format === "webp" ? "image/webp" : "image/jpeg";
+  return { seq, header, blob: new Blob([new Uint8Array(buffer, 12 + n)], { type }) };
+}
 
 export class Socket {
   /**
@@ -38,6 +50,7 @@ export class Socket {
     this.onState({ state: this.attempts ? "reconnecting" : "connecting", retryAt: 0, attempts: this.attempts });
     let opened = false;
     const ws = new WebSocket(this.url());
+    ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
@@ -48,7 +61,10 @@ export class Socket {
       this.startPings();
     };
     ws.onmessage = (event) => {
-      if (typeof event.data !== "string") return; // generated images: not shown by this viewer yet
+      if (typeof event.data !== "string") {
+        this.onMessage({ type: "generated", ...parseGenerated(event.data) });
+        return;
+      }
       const msg = JSON.parse(event.data);
       if (msg.type === "pong") this.clock.add(msg.t1, msg.t2, msg.t3, browserMs());
       else this.onMessage(msg);

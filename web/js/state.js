@@ -26,6 +26,8 @@ export class SessionState {
     this.status = null;
     this.statusVersion = 0;
     this.pendingFrame = null;   // newest frame not painted yet
+    this.pendingGenerated = null; // newest generated image not painted yet: {seq, header, blob, at}
+    this.generated = { received: 0, painted: 0, skipped: 0 };
     this.signal = null;
     this.signalVersion = 0;
     this.film = new Ring(FILM_FRAMES);
@@ -84,6 +86,7 @@ export class Store {
   handle(msg) {
     switch (msg.type) {
       case "frame": return this.frame(msg);
+      case "generated": return this.generatedImage(msg);
       case "status": return this.status(msg);
       case "signal": return this.signal(msg);
       case "session": return this.describe(msg.session);
@@ -112,6 +115,15 @@ export class Store {
       rank: truthRank(msg),
     });
     s.clockFrame = { t: msg.t_window_end, at: performance.now() };
+  }
+
+  /** A generated image: the newest waits for the animation frame; one it replaces is counted. */
+  generatedImage(msg) {
+    const s = this.sessions.get(msg.header.session);
+    if (!s) return;
+    s.generated.received += 1;
+    if (s.pendingGenerated) s.generated.skipped += 1;
+    s.pendingGenerated = { seq: msg.seq, header: msg.header, blob: msg.blob, at: performance.now() };
   }
 
   status(msg) {
@@ -165,6 +177,8 @@ export class Store {
       case "stream_lost": s.setBanner("stream", msg.message || "stream lost"); break;
       case "stream_back": s.setBanner("stream", null); break;
       case "session_failed": s.setBanner("worker", `session failed: ${msg.message}`); break;
+      case "generation_failed": s.setBanner("generation", msg.message || "generation failed"); break;
+      case "generator_ready": case "mode_changed": s.setBanner("generation", null); break;
       default: break;
     }
   }
