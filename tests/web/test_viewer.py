@@ -87,10 +87,12 @@ def test_panels_show_with_honest_counters(fake, open_viewer, artefacts):
     assert s["sessions"]["s1"]["frames_received"] == s["frames_received"]
     # The fake stamps windows 20 ms before sending: glass-to-glass is at least that,
     # less the clock's uncertainty (a wrong offset sign would be off by ~2 x 10^12 ms).
+    # The median: the first frames were mapped with the first, rougher offsets (on a
+    # loaded machine a first ping's round trip can be long), not today's uncertainty.
     assert s["offset_uncertainty_ms"] is not None and s["offset_uncertainty_ms"] < 1000
     g2g = sorted(s["g2g_ms"])
-    assert g2g and g2g[0] > 20 - s["offset_uncertainty_ms"] - 1
-    assert g2g[len(g2g) // 2] < 5000
+    assert g2g and 20 - s["offset_uncertainty_ms"] - 1 < g2g[len(g2g) // 2] < 5000
+    assert all(abs(g) < 5000 for g in g2g)
     assert s["errors"] == []
     assert console.unexpected() == []
 
