@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from glimpse.streaming.errors import InputError
 
-__all__ = ["Conflict", "Forbidden", "InputError", "NotFound", "TooLarge", "Unauthorized", "status_of"]
+__all__ = ["Conflict", "Forbidden", "NotFound", "TooLarge", "Unauthorized", "status_of"]
 
 
 class NotFound(InputError):
