@@ -419,10 +419,13 @@ def decode(
 
 # ------------------------------------------------------------- serve and demo
 
-from .cli_serve import demo, serve  # noqa: E402 - their own module; registered here, in --help order
+from .cli_generate import generator_app, reconstruct  # noqa: E402 - their own modules
+from .cli_serve import demo, serve  # noqa: E402
 
 app.command()(serve)
 app.command()(demo)
+app.add_typer(generator_app, name="generator")
+app.command()(reconstruct)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,9 @@ def run_browser_demo(out: Path, *, port: int = 8000, modality: str = "meg",
     config = config or SimulationConfig(modality=modality)
     echo(run_demo(out, fresh=fresh, config=config, train_config=train_config))
     recording = next((out / "sub-01").rglob("*_meg.fif"), None) or next((out / "sub-01").rglob("*.vhdr"))
-    settings = Settings.load(port=port, data=[out.resolve()])
+    generator = _shipped_generator(out / MODEL_DIR)
+    roots = [out.resolve()] + ([generator.parent] if generator is not None else [])
+    settings = Settings.load(port=port, data=roots)
     final: dict[str, Any] = {}
 
     def on_started(app, url: str) -> None:
@@ -123,7 +125,9 @@ def run_browser_demo(out: Path, *, port: int = 8000, modality: str = "meg",
         session = state.sessions.create({
             "streams": [{"name": replay["name"], "source_id": replay["source_id"]}],
             "checkpoint": str(out.resolve() / MODEL_DIR),
-            "gallery": str(out.resolve() / GALLERY_DIR / "test.safetensors")})
+            "gallery": str(out.resolve() / GALLERY_DIR / "test.safetensors"),
+            # The shipped generator draws beside retrieval (it loads while retrieval runs).
+            **({"generator": str(generator), "mode": "generation"} if generator is not None else {})})
         final["session"] = session["id"]
         echo(f"glimpse demo: the viewer is at {url} (sub-01 replayed as LSL stream "
              f"{replay['name']!r}, looping; decoded by session {session['id']}). Ctrl-C stops.")
@@ -141,6 +145,16 @@ def run_browser_demo(out: Path, *, port: int = 8000, modality: str = "meg",
     if final.get("n_decoded") is not None:
         echo(_summary(final))
     return final
+
+
+def _shipped_generator(checkpoint: Path) -> Path | None:
+    """The embedded generator shipped for the checkpoint's embedder, or None."""
+    import json
+
+    from glimpse.models.generators.embedded import default_folder
+
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    return default_folder(config["embedder"]["name"])
 
 
 def _summary(status: dict[str, Any]) -> str:

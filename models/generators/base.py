@@ -145,12 +145,7 @@ def load_generator(path: str | Path, *, device: str = "cpu") -> Generator:
 
 
 def _import_backends() -> None:
-    """Import the back-end modules (each registers itself); the heavy ones lazily."""
-    from importlib import import_module
+    """Import the back-end modules (each registers its kinds) when first needed."""
+    from . import embedded, pipelines
 
-    for name in ("embedded", "pipelines"):
-        try:
-            import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{name}":
-                raise
+    del embedded, pipelines  # imported for their registrations
