@@ -245,13 +245,14 @@ class Generation:
         except Exception as err:  # noqa: BLE001 - reported; decoding goes on
             self._fail(f"the generator did not load: {_describe(err)}", loaded=False)
             return
-        with self._cond:
-            self.generator, self.state = generator, "ready"
         ms = 1e3 * (time.perf_counter() - t0)
         logger.info("generator ready: %s at %d px on %s (%.0f ms with warm-up)", generator.kind,
                     generator.size, generator.device, ms)
+        # Announced before the state says so: "ready" means the service was told.
         self.send(("generator_ready", {"kind": generator.kind, "size": generator.size,
                                        "warmup_ms": ms}))
+        with self._cond:
+            self.generator, self.state = generator, "ready"
 
     def _generate(self, items: list[tuple[dict, np.ndarray, int]], mode: str) -> None:
         gen = self.generator

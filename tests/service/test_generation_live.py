@@ -122,7 +122,9 @@ def test_the_newest_embedding_of_each_stream_is_generated_and_stale_ones_dropped
             gen.offer([_frame("a", seq), _frame("b", seq)], rng.standard_normal((2, 8)) * 7, [[3], [4]])
             time.sleep(1 / 60)
         _until(lambda: gen.stats()["n_generated"] >= 4, 5, "images")
-        time.sleep(0.5)
+        # the newest of stream a comes through (a loaded machine may hold the thread a while)
+        _until(lambda: any(k == "generated" and b["stream"] == "a" and b["seq"] == 11
+                           for k, b in list(sent)), 10, "the newest embedding's image")
         stats = gen.stats()
     finally:
         gen.stop()
