@@ -14,7 +14,11 @@ sessions are started through the API and the viewer is opened in Debian's Chromi
 ``one``      one MEG session;
 ``four``     four sessions decoding the same stream, four panels on one screen;
 ``clients``  one session with 50 more WebSocket clients (one never reads), in
-             another process.
+             another process;
+``generation`` one session in mode generation with the shipped embedded
+             generator: also generated images painted per second, their age
+             (window's end to paint) and the worker's decode latency, to read
+             beside ``one``'s (the live path's latency with generation running).
 
 Per scenario: g2g p50/p95/p99 over the measured seconds (the first ``--warmup``
 seconds left out), frames decoded (service) / received / painted / skipped as
@@ -98,16 +102,25 @@ def _scenario(http: httpx.Client, page, url: str, body: dict, *, sessions: int, 
     page.evaluate("() => window.glimpse.takeG2G()")  # drop the warm-up's measurements
     before = page.evaluate("() => window.glimpse.stats()")
     decoded0 = sum(http.get(f"/api/sessions/{i}").json()["status"]["n_decoded"] for i in ids)
+    generated0 = before["sessions"][ids[0]]["generated_painted"] if ids[0] in before["sessions"] else 0
     time.sleep(seconds)
     g2g = page.evaluate("() => window.glimpse.takeG2G()")
     after = page.evaluate("() => window.glimpse.stats()")
-    decoded = sum(http.get(f"/api/sessions/{i}").json()["status"]["n_decoded"] for i in ids) - decoded0
+    statuses = [http.get(f"/api/sessions/{i}").json()["status"] for i in ids]
+    decoded = sum(st["n_decoded"] for st in statuses) - decoded0
     got = {k: after[k] - before[k] for k in ("frames_received", "frames_painted", "frames_skipped")}
     result = {"sessions": sessions, "ws_clients": clients + 1 if clients else 1, "seconds": seconds,
               "g2g_ms": _pct(g2g), "frames_decoded": decoded, **got,
               "frames_queued": after["frames_received"] - after["frames_painted"] - after["frames_skipped"],
               "offset_uncertainty_ms": round(after["offset_uncertainty_ms"], 2),
-              "page_errors": after["errors"]}
+              "page_errors": after["errors"],
+              # the worker's decode latency (window's newest sample to frame sent), its own stats
+              "decode_total_ms": statuses[0]["latency_ms"]["total"]}
+    if body.get("mode", "retrieval") != "retrieval":
+        mine = after["sessions"][ids[0]]
+        result["generated_per_s"] = round((mine["generated_painted"] - generated0) / seconds, 2)
+        result["generated_age_ms"] = _pct(mine["generated_age_ms"])  # window end to paint, last 240
+        result["generation"] = statuses[0]["generation"]
     if reader is not None:
         counts = json.loads(reader.communicate(timeout=seconds + warmup + 60)[0])
         expected = decoded * (seconds + warmup) / seconds
@@ -124,7 +137,10 @@ def main(argv=None) -> None:
                         help="the demo's folder (run `glimpse demo` once first)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds left out at the start")
-    parser.add_argument("--scenarios", default="one,four,clients")
+    parser.add_argument("--scenarios", default="one,four,clients",
+                        help="comma-separated: one, four, clients, generation (one session in mode "
+                             "generation with the shipped embedded generator; run it beside `one` "
+                             "to compare the decode latency in one run)")
     parser.add_argument("--chromium", default=os.environ.get("GLIMPSE_CHROMIUM", "/usr/bin/chromium"))
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -134,8 +150,11 @@ def main(argv=None) -> None:
         sys.exit(f"bench/viewer.py: no trained demo in {root}; run `glimpse demo --duration 1` first")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    from glimpse.models.generators.embedded import default_folder
+
+    generator = default_folder("handcrafted")
     server = subprocess.Popen([sys.executable, "-m", "glimpse.service.cli", "--quiet", "serve",
-                               "--data", str(root), "--port", str(port)],
+                               "--data", str(root), "--data", str(generator.parent), "--port", str(port)],
                               stdout=subprocess.DEVNULL)  # stdout is this bench's JSON
     try:
         with httpx.Client(base_url=url, timeout=120.0) as http:
@@ -154,14 +173,15 @@ def main(argv=None) -> None:
             body = {"streams": [{"name": replay["name"], "source_id": replay["source_id"]}],
                     "checkpoint": str(root / "model"), "gallery": str(root / "gallery" / "test.safetensors"),
                     "record": False}
-            shapes = {"one": (1, 0), "four": (4, 0), "clients": (1, 50)}
+            shapes = {"one": (1, 0), "four": (4, 0), "clients": (1, 50), "generation": (1, 0)}
             results = {}
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
                 for name in args.scenarios.split(","):
                     page = browser.new_page(viewport={"width": 1920, "height": 1080})
                     sessions, clients = shapes[name]
-                    results[name] = _scenario(http, page, url, body, sessions=sessions,
+                    mode = {"mode": "generation", "generator": str(generator)} if name == "generation" else {}
+                    results[name] = _scenario(http, page, url, {**body, **mode}, sessions=sessions,
                                               clients=clients, seconds=args.seconds,
                                               warmup=args.warmup)
                     page.close()

@@ -1,5 +1,5 @@
-"""What the data roots hold: checkpoints, galleries and recordings, with the facts a person
-picks by (modality, channels, embedder, size).
+"""What the data roots hold: checkpoints, galleries, recordings and generators, with the facts
+a person picks by (modality, channels, embedder, size).
 
 A scan walks each root (to ``max_depth`` folders down; virtual environments, VCS,
 caches and hidden folders skipped) and is reused for ``ttl_s`` seconds. Facts are read
@@ -32,6 +32,7 @@ from typing import Any
 
 from glimpse.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from glimpse.models.gallery import gallery_files
+from glimpse.models.generators import GENERATOR_FILE
 from glimpse.streaming.channels import listing
 
 from .errors import InputError, NotFound
@@ -41,7 +42,7 @@ logger = logging.getLogger("glimpse.service.catalog")
 
 __all__ = ["Catalog", "entry_id"]
 
-KINDS = ("checkpoints", "galleries", "recordings")
+KINDS = ("checkpoints", "galleries", "recordings", "generators")
 SKIP_FOLDERS = {".venv", "venv", ".git", "node_modules", "__pycache__", "cache"}
 # File extension -> recording kind, for the raw files open_recording reads.
 RAW_KINDS = {".fif": "fif", ".fif.gz": "fif", ".vhdr": "brainvision", ".edf": "edf",
@@ -55,6 +56,7 @@ _CHECKPOINT_KEYS = ("model", "modality", "n_chans", "sfreq", "window_s", "embedd
                     "subjects", "metrics", "size_bytes", "has_onnx")
 _GALLERY_KEYS = ("embedder", "dim", "n", "size_bytes")
 _RECORDING_KEYS = ("modality", "n_chans", "sfreq", "duration_s", "n_trials", "size_bytes")
+_GENERATOR_KEYS = ("kind", "embedder", "dim", "size", "metrics")
 _FIX_BUILD = "rebuild it with `glimpse gallery build IMAGES_DIR --embedder NAME --out FILE`"
 
 
@@ -89,6 +91,10 @@ class Catalog:
         """``/api/recordings``: raw files, BIDS recordings and session folders, JSON-ready."""
         return self._listing("recordings")
 
+    def generators(self) -> list[dict[str, Any]]:
+        """``/api/generators``: every generator folder (generator.json), JSON-ready."""
+        return self._listing("generators")
+
     def refresh(self) -> None:
         """Forget the last scan: the next call walks the roots again (a session was recorded)."""
         with self._lock:
@@ -117,6 +123,10 @@ class Catalog:
         """The recording named by id or path (a raw file, .ds folder, BIDS root or session)."""
         return self._lookup("recordings", ref, "a recording (FIF, BrainVision, EDF, BDF, "
                             "EEGLAB, XDF, a CTF .ds folder, a BIDS root or a session folder)")
+
+    def generator(self, ref: str) -> dict[str, Any]:
+        """The generator folder named by id or path (generator.json beside its weights)."""
+        return self._lookup("generators", ref, "a generator folder (generator.json beside its weights)")
 
     def gallery_image(self, gallery_id: str, image_id: str) -> tuple[Path, str]:
         """``(real path, sha256)`` of image ``image_id`` of a gallery, from its sidecar."""
@@ -253,7 +263,9 @@ def _readable(kind: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 def _classify_folder(folder: Path, names: set[str], in_bids: bool
                      ) -> tuple[str, Path, str | None] | None:
-    """A folder that is one entry (not walked into): checkpoint, session or CTF .ds."""
+    """A folder that is one entry (not walked into): generator, checkpoint, session or CTF .ds."""
+    if GENERATOR_FILE in names:
+        return "generators", folder, None
     if CONFIG_FILE in names and WEIGHTS_FILE in names:
         return "checkpoints", folder, None
     if "session.json" in names:
@@ -357,6 +369,19 @@ def _checkpoint_facts(folder: Path, _: str | None) -> dict[str, Any]:
             "metrics": metrics,
             "size_bytes": sum(p.stat().st_size for p in _checkpoint_files(folder) if p.is_file()),
             "has_onnx": (folder / "model.onnx").is_file()}
+
+
+def _generator_facts(folder: Path, _: str | None) -> dict[str, Any]:
+    """From generator.json only: a pipeline's weights (gigabytes) are never read to list it."""
+    config = json.loads((folder / GENERATOR_FILE).read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or not all(k in config for k in ("kind", "embedder", "dim", "size")):
+        raise InputError(f'a {GENERATOR_FILE} with "kind", "embedder", "dim" and "size"',
+                         f"{folder / GENERATOR_FILE}", "write it again with `glimpse generator train` "
+                         "or prepare_generator_folder")
+    held_out = ((config.get("metrics") or {}).get("held_out_true_embeddings") or {})
+    return {"kind": str(config["kind"]), "embedder": str(config["embedder"]), "dim": int(config["dim"]),
+            "size": int(config["size"]),
+            "metrics": {k: v for k, v in held_out.items() if isinstance(v, (int, float))}}
 
 
 def _checkpoint_modality(picks: list[str], names: list[str]) -> str | None:
@@ -471,4 +496,5 @@ _READERS: dict[str, tuple[Callable, tuple[str, ...], Callable[[Path], tuple[Path
     "checkpoints": (_checkpoint_facts, _CHECKPOINT_KEYS, _checkpoint_files),
     "galleries": (_gallery_facts, _GALLERY_KEYS, lambda p: gallery_files(p)),
     "recordings": (_recording_facts, _RECORDING_KEYS, _recording_files),
+    "generators": (_generator_facts, _GENERATOR_KEYS, lambda p: (p / GENERATOR_FILE,)),
 }

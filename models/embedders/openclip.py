@@ -189,6 +189,22 @@ class OpenClipEmbedder(ImageEmbedder):
         arch, _, weights = args.partition(":")  # the path may itself contain ':'
         return cls(arch, weights or None, device=device, allow_random_init=allow_random_init)
 
+    def embed_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable embeddings of images ``(N, 3, H, W)`` in [0, 1] (latent refinement).
+
+        Resized (bicubic, antialiased) straight to the tower's input size and normalised
+        with its mean and std: close to, not identical with, :meth:`embed`'s PIL
+        resize and centre crop, which a gradient cannot pass through.
+        """
+        size = self.model.visual.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        cfg = self.model.visual.preprocess_cfg
+        mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(images.to(self.device, torch.float32), size=size,
+                                            mode="bicubic", align_corners=False, antialias=True)
+        return self.model.encode_image((x - mean) / std, normalize=False)
+
     def _embed_pil(self, images: list[Image.Image]) -> np.ndarray:
         x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         with torch.inference_mode():

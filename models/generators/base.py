@@ -116,6 +116,17 @@ class Generator:
                   guidance: float, seed: int | None) -> np.ndarray:
         raise NotImplementedError
 
+    # Refinement (:mod:`.refine`): a back-end that exposes its latent and a differentiable
+    # way from latent to pixels can have its images nudged towards a target embedding.
+    def latents(self, embeddings: np.ndarray, *, steps: int = 1, seed: int | None = None):
+        """The latent ``torch.Tensor`` ``(N, ...)`` of the images :meth:`generate` draws."""
+        raise InputError("a generator whose latent can be refined (embedded, or a diffusers pipeline)",
+                         f"a {self.kind} generator", "generate without refinement")
+
+    def render(self, latents):
+        """Images ``(N, 3, size, size)`` in [0, 1] from :meth:`latents`, differentiably."""
+        raise NotImplementedError
+
     def warmup(self, steps: int = 1) -> Generator:
         """One generation, so the first live one pays for no lazy initialisation."""
         self.generate(np.zeros((1, self.dim), np.float32) + 1e-3, steps=steps, seed=0)

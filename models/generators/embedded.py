@@ -81,7 +81,10 @@ class ShapeDecoder(nn.Module):
                                layers_per_block=layers_per_block, norm_num_groups=norm_num_groups)
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.condition(embeddings)
+        return self.heads(self.condition(embeddings))
+
+    def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The figure from the conditioning code ``h`` ``(N, hidden)``: the generator's latent."""
         raw = self.to_box(h)
         box = torch.cat([torch.tanh(raw[:, :2]), torch.sigmoid(raw[:, 2:]) * 1.2 + 0.02], dim=1)
         return {"colours": torch.sigmoid(self.to_colours(h)).view(-1, 3, 3), "box": box,
@@ -189,6 +192,16 @@ class EmbeddedGenerator(Generator):
             mask = (1.0 - strength) * init + strength * mask
         images = composite(out["colours"], mask, texture)
         return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+    @torch.inference_mode()
+    def latents(self, embeddings: np.ndarray, *, steps: int = 1, seed: int | None = None) -> torch.Tensor:
+        """The conditioning code ``h``: everything the image is drawn from (256 numbers by default)."""
+        return self.model.condition(torch.from_numpy(np.asarray(embeddings, np.float32)).to(self.device)).clone()
+
+    def render(self, latents: torch.Tensor) -> torch.Tensor:
+        out = self.model.heads(latents)
+        return composite(out["colours"], *place(out, self.size)).clamp(0, 1)
 
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:

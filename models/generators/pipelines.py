@@ -310,6 +310,25 @@ class PipelineGenerator(Generator):
                              "pass RGB images as uint8 numpy arrays")
         return np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
 
+    def latents(self, embeddings: np.ndarray, *, steps: int = 1, seed: int | None = None) -> torch.Tensor:
+        """The autoencoder's latent of the generated images (what its decoder draws them from)."""
+        autoencoder = self._autoencoder()
+        pixels = torch.from_numpy(self.generate(embeddings, steps=steps, seed=seed)).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            encoded = autoencoder.encode(pixels.to(self.device, autoencoder.dtype) / 127.5 - 1.0)
+        latent = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+        return latent.float().clone()
+
+    def render(self, latents: torch.Tensor) -> torch.Tensor:
+        autoencoder = self._autoencoder()
+        # A VQ decoder would quantise (no gradient): Kandinsky's MoVQ decodes unquantised here.
+        extra = {"force_not_quantize": True} if "movq" in self.pipe.components else {}
+        pixels = autoencoder.decode(latents.to(autoencoder.dtype), **extra).sample
+        return ((pixels.float() + 1.0) / 2.0).clamp(0, 1)
+
+    def _autoencoder(self):
+        return self.pipe.vae if "vae" in self.pipe.components else self.pipe.movq
+
     def _text_to_image(self, x, steps, guidance, generator) -> np.ndarray:
         raise NotImplementedError
 

@@ -37,6 +37,13 @@ async def list_galleries(request: Request) -> list[dict[str, Any]]:
     return await run_in_threadpool(request.app.state.catalog.galleries)
 
 
+@router.get("/generators")
+async def list_generators(request: Request) -> list[dict[str, Any]]:
+    """Generator folders (generator.json): kind, embedder, dim and size, to pick one that fits
+    the checkpoint's embedder."""
+    return await run_in_threadpool(request.app.state.catalog.generators)
+
+
 @router.get("/recordings")
 async def list_recordings(request: Request) -> list[dict[str, Any]]:
     """Recordings, BIDS recordings and session folders in the data roots."""

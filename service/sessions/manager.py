@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from glimpse.models.generators import GENERATOR_FILE, Generator, check_generate_options
+from glimpse.models.generators import Generator, check_generate_options
 
 from ..errors import Conflict, InputError, NotFound
 from .generation import GENERATION_MODES
@@ -156,26 +156,14 @@ class SessionManager:
         return session.describe()
 
     def _generator(self, ref: str | None, embedder: dict[str, Any]) -> dict[str, Any] | None:
-        """The generator folder ``ref`` (inside the roots) described from its generator.json,
+        """The generator folder ``ref`` (an id of /api/generators or a path inside the roots),
         refused unless it is conditioned on the checkpoint's embedder."""
         if not ref:
             return None
-        folder = self.catalog.roots.resolve(ref)
-        config_file = folder / GENERATOR_FILE
-        fix = ("pass the --out folder of `glimpse generator train`, or a folder prepared as the "
-               "documentation's generation page says")
-        if not config_file.is_file():
-            raise InputError(f"a generator folder with {GENERATOR_FILE}", f"{ref!r}, which has none", fix)
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-            facts = {k: config[k] for k in ("kind", "embedder", "dim", "size")}
-            generator = Generator(embedder=facts["embedder"], dim=facts["dim"], size=facts["size"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f'{GENERATOR_FILE} with "kind", "embedder", "dim" and "size"',
-                             f"{ref!r}: {type(err).__name__}: {err}", fix) from None
-        generator.check_embedder(embedder["name"], int(embedder["dim"]))
-        return {"name": folder.name, "path": self.catalog.roots.relative(folder),
-                "abspath": str(folder), **facts}
+        entry = self.catalog.generator(ref)
+        Generator(embedder=entry["embedder"], dim=entry["dim"], size=entry["size"]).check_embedder(
+            embedder["name"], int(embedder["dim"]))
+        return {k: entry[k] for k in ("id", "name", "path", "abspath", "kind", "embedder", "dim", "size")}
 
     def set_mode(self, session_id: str, mode: str) -> dict[str, Any]:
         """Switch a running session's mode; its description."""

@@ -121,6 +121,12 @@ def data(small_meg_session, tmp_path_factory):
                                  "concept": "a", "trial_type": "test"}, valid)
         session.write_marker(11.5, "eeg-markers", "not a trial", True)
     (root / "damaged.fif").write_bytes(b"not a fif file at all")
+    # Generators: the shipped embedded one, and one whose generator.json lacks its facts.
+    from glimpse.models.generators.embedded import default_folder
+
+    shutil.copytree(default_folder("handcrafted"), root / "generators" / "embedded")
+    (root / "generators" / "half").mkdir()
+    (root / "generators" / "half" / "generator.json").write_text('{"kind": "embedded"}')
     # Folders the scan skips: hidden, caches, virtual environments.
     for skipped in (".hidden/ckpt", "cache/ckpt", ".venv/ckpt", "node_modules/ckpt"):
         (root / skipped).mkdir(parents=True)
@@ -211,6 +217,19 @@ def test_galleries_are_listed_and_a_corrupt_sidecar_is_an_error_not_a_crash(clie
     broken = galleries["broken"]
     assert broken["embedder"] is None and broken["n"] is None and broken["size_bytes"] > 0
     assert "broken.json" in broken["error"] and "glimpse gallery build" in broken["error"]
+
+
+def test_generators_are_listed_from_generator_json(client, catalog, data):
+    generators = by_name(client.get("/api/generators").json())
+    assert set(generators) == {"embedded", "half"}
+    embedded = generators["embedded"]
+    assert (embedded["kind"], embedded["embedder"], embedded["dim"], embedded["size"]) == \
+        ("embedded", "handcrafted", 256, 64)
+    assert embedded["path"] == "generators/embedded" and embedded["metrics"]["two_way"] > 0.9
+    assert "generator.json" in generators["half"]["error"] and generators["half"]["embedder"] is None
+    assert catalog.generator(embedded["id"])["abspath"] == data["root"] / "generators" / "embedded"
+    with pytest.raises(InputError, match="half"):
+        catalog.generator("generators/half")  # listed with its error, never loaded
 
 
 def test_recordings_list_raw_files_bids_and_sessions_with_their_facts(client, data):

@@ -364,6 +364,17 @@ def test_a_failing_generator_is_reported_and_the_session_goes_on_retrieving(live
     assert http.delete(f"/api/sessions/{sid}").json()["state"] == "stopped"
 
 
+def test_generators_are_listed_with_their_conditioning_space_and_named_by_id(live):
+    http, body, folders = live["http"], live["body"], live["folders"]
+    listed = {g["name"]: g for g in http.get("/api/generators").json()}
+    assert {"tiny", "fails", "other"} <= set(listed) and "empty" not in listed
+    assert (listed["other"]["embedder"], listed["tiny"]["embedder"]) == ("open_clip:ViT-H-14", "handcrafted")
+    assert listed["tiny"]["path"].endswith("generators/tiny") and listed["tiny"]["size"] > 0
+    # An id from the listing names the folder as its path does: refused with both embedders.
+    response = http.post("/api/sessions", json={**body, "generator": listed["other"]["id"]})
+    assert response.status_code == 400 and "open_clip:ViT-H-14" in response.json()["error"]["expected"]
+
+
 def test_bad_generation_requests_get_clear_errors(live):
     http, body, folders = live["http"], live["body"], live["folders"]
 
@@ -375,8 +386,8 @@ def test_bad_generation_requests_get_clear_errors(live):
     assert "open_clip:ViT-H-14" in err["expected"] and "handcrafted" in err["got"]  # both names
     err = error(http.post("/api/sessions", json={**body, "mode": "generation"}), 400)
     assert "generator" in err["expected"]
-    err = error(http.post("/api/sessions", json={**body, "generator": str(live["gens"] / "empty")}), 400)
-    assert GENERATOR_FILE in err["expected"]
+    err = error(http.post("/api/sessions", json={**body, "generator": str(live["gens"] / "empty")}), 404)
+    assert GENERATOR_FILE in err["expected"] and "not one" in err["got"]
     assert error(http.post("/api/sessions", json={**body, "generator": "/etc"}), 403)
     assert error(http.post("/api/sessions", json={**body, "generator": "no/such/folder"}), 404)
     for field, value in (("steps", 0), ("steps", 5), ("strength", -0.1), ("strength", 1.5),

@@ -66,6 +66,10 @@ RECORDINGS = [
 STAGES = ("acquire", "preprocess", "queue", "encode", "retrieve", "total")
 GENERATOR = {"name": "embedded-handcrafted", "path": "generators/embedded-handcrafted", "kind": "embedded",
              "embedder": "clip-vit-b32", "dim": 512, "size": 64}
+GENERATORS = [{"id": "embedded-handcrafted-77aa88bb", **GENERATOR, "metrics": {}, "error": None},
+              {"id": "sdxl-turbo-11cc22dd", "name": "sdxl-turbo", "path": "generators/sdxl-turbo",
+               "kind": "ip_adapter", "embedder": "open_clip:ViT-H-14", "dim": 1024, "size": 512,
+               "metrics": {}, "error": None}]
 TRACE_CHANNELS = ("O1", "Oz", "O2", "POz")
 
 
@@ -242,6 +246,10 @@ class FakeService:
         @app.get("/api/recordings")
         async def recordings():
             return RECORDINGS
+
+        @app.get("/api/generators")
+        async def generators():
+            return GENERATORS
 
         @app.post("/api/replays", status_code=201)
         async def start_replay(request: Request):

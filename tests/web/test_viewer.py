@@ -336,3 +336,22 @@ def test_a_session_without_a_generator_offers_retrieval_only(fake, open_viewer):
     assert disabled == [["retrieval", False], ["generation", True], ["two_stage", True]]
     assert stats(page)["sessions"]["s1"]["generated_received"] == 0
     assert console.unexpected() == []
+
+
+def test_the_generator_picker_offers_what_fits_the_checkpoint(fake, open_viewer):
+    service = fake()
+    page, console = open_viewer(service.url)
+    wait_panels_live(page)
+    page.wait_for_function("document.querySelector('#generator').options.length > 1")
+    offered = page.eval_on_selector_all("#generator option", "os => os.map(o => [o.value, o.textContent])")
+    # The checkpoints embed with clip-vit-b32 (512-d): the ViT-H-14 pipeline is not offered.
+    assert offered == [["", "none"], ["embedded-handcrafted-77aa88bb", "embedded-handcrafted (embedded, 64 px)"]]
+    assert page.eval_on_selector("#generator", "s => s.value") == ""  # retrieval needs none
+    page.select_option("#mode", "generation")
+    assert page.eval_on_selector("#generator", "s => s.value") == "embedded-handcrafted-77aa88bb"
+    page.click("#start")
+    posted = wait_until(lambda: [c for c in service.calls if c[:2] == ("POST", "/api/sessions")],
+                        what="POST /api/sessions")
+    assert posted[0][2]["mode"] == "generation"
+    assert posted[0][2]["generator"] == "embedded-handcrafted-77aa88bb"
+    assert console.unexpected() == []

@@ -5,7 +5,8 @@ import { toast } from "./toast.js";
 
 // The decoding modes a session can run in ("retrieval": gallery top-k; "generation":
 // images drawn from the decoded embedding; "two_stage": drawn from the retrieved top-1,
-// guided by the embedding). The generation modes need a generator folder.
+// guided by the embedding). The generation modes need a generator, and only the
+// generators conditioned on the checkpoint's embedder are offered.
 export const MODES = ["retrieval", "generation", "two_stage"];
 
 function option(value, text, title = "") {
@@ -40,7 +41,11 @@ export class Controls {
     this.el = (id) => document.getElementById(id);
     this.streams = [];
     this.recordings = [];
+    this.checkpoints = [];
+    this.generators = [];
     fill(this.el("mode"), MODES.map((m) => option(m, m)), "");
+    this.el("checkpoint").addEventListener("change", () => this.fillGenerators());
+    this.el("mode").addEventListener("change", () => this.pickGenerator());
     this.el("controls").addEventListener("submit", (event) => { event.preventDefault(); this.start(); });
     this.el("stop").onclick = () => this.stop();
     this.el("replay").onclick = () => this.replay(this.el("recording").value);
@@ -51,20 +56,44 @@ export class Controls {
   /** Every list, once at start (each failure is shown and leaves its picker empty). */
   async load() {
     const quiet = { quiet: true };
-    const [checkpoints, galleries, recordings] = await Promise.all([
+    const [checkpoints, galleries, recordings, generators] = await Promise.all([
       this.api.get("/api/checkpoints", quiet).catch(() => []),
       this.api.get("/api/galleries", quiet).catch(() => []),
       this.api.get("/api/recordings", quiet).catch(() => []),
+      this.api.get("/api/generators", quiet).catch(() => []),
       this.loadStreams(quiet),
     ]);
     fill(this.el("checkpoint"), checkpoints.map((c) => option(c.id, `${c.name} (${c.modality}, ${c.model})`,
       `${c.path}\n${c.n_chans} channels at ${c.sfreq} Hz, window ${c.window_s} s, ${c.embedder}`)), "no checkpoints");
     fill(this.el("gallery"), galleries.map((g) => option(g.id, `${g.name} (${g.n})`,
       `${g.path}\n${g.embedder}, ${g.dim}-d`)), "no galleries");
+    this.checkpoints = checkpoints;
+    this.generators = generators.filter((g) => !g.error);
+    this.fillGenerators();
     this.recordings = recordings;
     fill(this.el("recording"), recordings.map((r) => option(r.id, `${r.name} (${r.kind})`,
       `${r.path}\n${r.duration_s ? `${Math.round(r.duration_s)} s` : ""} ${megabytes(r.size_bytes || 0)}`)), "no recordings");
     this.el("recorded-count").textContent = recordings.filter((r) => r.kind === "session").length;
+  }
+
+  /** The generators whose embedder is the chosen checkpoint's, after "none". */
+  fillGenerators() {
+    const ckpt = this.checkpoints.find((c) => c.id === this.el("checkpoint").value);
+    const fits = this.generators.filter((g) => !ckpt || (g.embedder === ckpt.embedder && g.dim === ckpt.dim));
+    const select = this.el("generator");
+    fill(select, [option("", fits.length ? "none" : "none fits", ckpt && !fits.length
+      ? `no generator is conditioned on ${ckpt.embedder} (${ckpt.dim}-d)` : ""),
+    ...fits.map((g) => option(g.id, `${g.name} (${g.kind}, ${g.size} px)`, `${g.path}\n${g.embedder}, ${g.dim}-d`))], "");
+    select.disabled = !fits.length;
+    this.pickGenerator();
+  }
+
+  /** A generation mode with no generator chosen takes the first that fits. */
+  pickGenerator() {
+    const select = this.el("generator");
+    if (this.el("mode").value !== "retrieval" && !select.value && select.options.length > 1) {
+      select.value = select.options[1].value;
+    }
   }
 
   async loadStreams(options) {
@@ -92,7 +121,7 @@ export class Controls {
     }
     const body = { streams: [{ name: stream.name, source_id: stream.source_id }], checkpoint, gallery,
       mode: this.el("mode").value };
-    const generator = this.el("generator").value.trim();
+    const generator = this.el("generator").value;
     if (generator) body.generator = generator;
     const description = await this.api.post("/api/sessions", body).catch(() => null);
     if (!description) return;

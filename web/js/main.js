@@ -157,7 +157,7 @@ window.glimpse = {
       sessions[s.id] = { frames_received: s.received, frames_painted: s.painted, frames_skipped: s.skipped,
         g2g_ms: [...s.g2g], state: s.desc ? s.desc.state : null, mode: s.desc ? s.desc.mode : null,
         generated_received: s.generated.received, generated_painted: s.generated.painted,
-        generated_skipped: s.generated.skipped };
+        generated_skipped: s.generated.skipped, generated_age_ms: [...s.generated.ages] };
     }
     return {
       frames_received: store.totals.received, frames_painted: store.totals.painted,

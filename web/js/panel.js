@@ -36,7 +36,10 @@ export class Panel {
     this.decoded.onShown = (frame) => setTimeout(() => this.measureG2g(frame), 0);
     this.decoded.onImageError = (url) => store.error(`image failed to load: ${url}`);
     this.generated = new GeneratedView(node, clock);
-    this.generated.onPainted = () => { session.generated.painted += 1; };
+    this.generated.onPainted = (age) => {
+      session.generated.painted += 1;
+      session.generated.ages.push(age);
+    };
     this.generated.onError = (err) => store.error(`generated image: ${err}`);
     const modeSelect = this.q(".panel-mode-select");
     modeSelect.replaceChildren(...MODES.map((m) => new Option(m.replace("_", "-"), m)));

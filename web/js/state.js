@@ -27,7 +27,7 @@ export class SessionState {
     this.statusVersion = 0;
     this.pendingFrame = null;   // newest frame not painted yet
     this.pendingGenerated = null; // newest generated image not painted yet: {seq, header, blob, at}
-    this.generated = { received: 0, painted: 0, skipped: 0 };
+    this.generated = { received: 0, painted: 0, skipped: 0, ages: new Ring(G2G_KEPT) }; // ages: ms, window end to paint
     this.signal = null;
     this.signalVersion = 0;
     this.film = new Ring(FILM_FRAMES);
