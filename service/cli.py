@@ -127,8 +127,16 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = _SIM.seed,
     image_size: Annotated[int, typer.Option(help="Stimulus images are IMAGE_SIZE x IMAGE_SIZE pixels.")] = _SIM.image_size,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists and is not empty.")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Write no files: be a simulated person watching the screen. Publishes LSL stream NAME (the world's sensors in SI units + a SAMPLE_INDEX channel, in real time, with 1/f background, alpha, line noise and EEG blinks) and adds the evoked response of every image announced on NAME-markers (JSON {\"stim_file\", \"concept\", \"trial_type\"}, as `glimpse replay` and the /present page send). Runs until Ctrl-C or --duration; prints a one-line summary.", rich_help_panel="Live person (--live)")] = False,
+    name: Annotated[str, typer.Option(help="LSL stream name; the person watches NAME-markers.", rich_help_panel="Live person (--live)")] = "glimpse-sim",
+    subject_seed: Annotated[int, typer.Option(help="Who the person is: seed N is the world's subject 1000+N (own dipole orientations, gains, latencies), never one of a session's subjects 1-99. Same seed, same person.", rich_help_panel="Live person (--live)")] = 0,
+    world: Annotated[Optional[Path], typer.Option(help="The --out folder of an earlier `glimpse simulate`: its simulation.json sets the world (stimuli, sensors, sfreq, SNR), so the person sees the images and lives in the world a model trained on that session knows. Without it, the options above make the world.", rich_help_panel="Live person (--live)")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.  [default: until Ctrl-C]", rich_help_panel="Live person (--live)")] = None,
+    chunk_ms: Annotated[float, typer.Option(help="Push a chunk every CHUNK_MS milliseconds of wall time (timestamps stay on the sample grid).", rich_help_panel="Live person (--live)")] = 20.0,
+    ctx: typer.Context = None,
 ) -> None:
-    """Write a simulated THINGS-like MEG or EEG session (BIDS + PNG stimuli).
+    """Write a simulated THINGS-like MEG or EEG session (BIDS + PNG stimuli), or with
+    --live be a simulated person who watches the screen.
 
     Sensor signals come from a real MNE forward model (sphere head, volume source
     space, real sensor positions) driven by image-dependent occipital and
@@ -139,7 +147,26 @@ def simulate(
     Example (the size the tests use):
 
       glimpse simulate --out sim --subjects 1 --concepts 8 --exemplars 2
+
+    A live person in that session's world, for the demo or a calibration:
+
+      glimpse simulate --live --world sim --name meg --subject-seed 3
     """
+    world_options = ("modality", "subjects", "concepts", "exemplars", "test_concepts", "test_exemplars",
+                     "test_repeats", "catch_fraction", "snr_db", "sfreq", "line_freq", "seed", "image_size")
+    if not live:
+        stray = _typed(ctx, "name", "subject_seed", "world", "duration", "chunk_ms")
+        if stray:
+            raise InputError("--name, --subject-seed, --world, --duration and --chunk-ms only with --live",
+                             " ".join(stray), "add --live, or drop them")
+    else:
+        stray = _typed(ctx, "out", "subjects", "overwrite")
+        if stray:
+            raise InputError("no file options with --live (it writes no files)", " ".join(stray),
+                             "drop them; --world names a session to take the world from")
+        if world is not None and (stray := [f for f in _typed(ctx, *world_options) if f != "--modality"]):
+            raise InputError(f"the world's options from {world / 'simulation.json'} alone", " ".join(stray),
+                             "drop them, or drop --world to make the world from the options")
     from glimpse.streaming.simulate import simulate_session
 
     config = SimulationConfig(
@@ -148,8 +175,26 @@ def simulate(
         catch_fraction=catch_fraction, snr_db=snr_db, sfreq=sfreq, line_freq=line_freq, seed=seed,
         image_size=image_size,
     )
+    if live:
+        from glimpse.streaming.simulate.live import format_live_summary, run_live_person
+
+        stats = run_live_person(
+            name=name, subject_seed=subject_seed, config=None if world is not None else config, world=world,
+            modality=modality.value if world is None or _typed(ctx, "modality") else None,
+            duration=duration, chunk_ms=chunk_ms,
+        )
+        typer.echo(format_live_summary(stats))
+        return
     result = simulate_session(config, out, overwrite=overwrite, progress=True)
     typer.echo(json.dumps(result.summary(), indent=2))
+
+
+def _typed(ctx: typer.Context | None, *names: str) -> list[str]:
+    """The options among ``names`` that the user gave (not left at their defaults), as flags."""
+    if ctx is None:
+        return []
+    return ["--" + n.replace("_", "-") for n in names
+            if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") in ("COMMANDLINE", "ENVIRONMENT")]
 
 
 # --------------------------------------------------------------------------- gallery
