@@ -4,10 +4,12 @@ The app's state holds the parts, built here and owned by the lifespan:
 ``settings``, ``roots`` (the data roots: nothing outside them is served or loaded),
 ``catalog`` (checkpoints, galleries, recordings in the roots), ``hub`` (WebSocket
 fan-out), ``replays`` (recordings played as LSL streams, one process each) and
-``sessions`` (live sessions, each an acquisition process and a worker process).
-At shutdown the lifespan stops them in reverse order, each within
-``settings.stop_timeout_s``: sessions (their folders closed with every sample),
-replays, then the hub's clients.
+``sessions`` (live sessions, each an acquisition process and a worker process) and
+``presentations`` (stimulus presentations in the browser, their markers on
+``<stream>-markers``). At shutdown the lifespan stops them in reverse order, each
+within ``settings.stop_timeout_s``: presentations (a running one stopped, its files
+written, the markers outlets withdrawn), sessions (their folders closed with every
+sample), replays, then the hub's clients.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from glimpse.streaming.version import glimpse_version
 
 from ..catalog import Catalog
+from ..present import PresentationManager
 from ..replays import ReplayManager
 from ..roots import DataRoots
 from ..sessions.manager import SessionManager
 from ..settings import Settings
-from . import catalog, metrics, replays, sessions, ws
+from . import catalog, metrics, present, replays, sessions, ws
 from .auth import BodyLimit
 from .errors import install_error_handlers
 from .hub import Hub
@@ -56,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("glimpse %s serving data roots %s", glimpse_version(), state.roots)
         yield
         timeout = settings.stop_timeout_s
-        for what, stop in (("sessions", state.sessions.stop_all), ("replays", state.replays.stop_all)):
+        for what, stop in (("presentations", lambda _: state.presentations.close()),
+                           ("sessions", state.sessions.stop_all), ("replays", state.replays.stop_all)):
             try:
                 await asyncio.wait_for(run_in_threadpool(stop, timeout), timeout + 5.0)
             except Exception:  # noqa: BLE001 - the rest must still stop
@@ -81,10 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     known_sessions=state.sessions.ids, describe=state.sessions.describe)
     state.replays = ReplayManager(lambda ref: state.catalog.recording(ref)["abspath"],
                                   stop_timeout=settings.stop_timeout_s)
+    state.presentations = PresentationManager(
+        state.roots, state.catalog, state.roots.sessions_dir(settings.sessions_dir) / "presentations")
     state.metrics = metrics.make_registry(state)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
-    for module in (metrics, catalog, replays, sessions, ws):
+    for module in (metrics, catalog, replays, sessions, present, ws):
         app.include_router(module.router)
     # The viewer: static files, no build step; after the routers so /api wins.
     app.mount("/", StaticFiles(directory=str(files("glimpse.web")), html=True), name="web")
