@@ -20,6 +20,8 @@ The contract (ARCHITECTURE.md, "Checkpoint directory")::
                                   (:func:`window_stats`: per-channel statistics of the window)
       data_fingerprint           sha256 of the training recordings' identity + preprocessing
       data, training, metrics    where the data came from, TrainConfig, validation figures
+      lineage, calibration       (adapted checkpoints) the base checkpoint and calibration data,
+                                 held-out top-5 before and after the adaptation
       glimpse_version, created
     model.safetensors            the model's tensors (ridge: its arrays)
 
@@ -229,6 +231,8 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, meta: Mapping[str,
         "data": meta.get("data", {}),
         "training": meta.get("training", {}),
         "metrics": meta.get("metrics", {}),
+        # Where an adapted checkpoint came from (models.new_subject): kept when given.
+        **{k: meta[k] for k in ("lineage", "calibration") if meta.get(k) is not None},
     }
     text = json.dumps(json_ready(config), indent=2, allow_nan=False) + "\n"
     tmp_weights, tmp_config = directory / f".{WEIGHTS_FILE}.tmp", directory / f".{CONFIG_FILE}.tmp"

@@ -270,8 +270,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
-          progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``data``, write a checkpoint to ``out_dir``; see the module doc."""
+          progress: bool = True, model: nn.Module | None = None,
+          extra_meta: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``config.model`` on ``data``, write a checkpoint to ``out_dir``; see the module doc.
+
+    ``model``: a model the caller built and initialised instead of a fresh one
+    (:mod:`.new_subject`); ``extra_meta``: added to config.json (its lineage)."""
     from .checkpoint import save_checkpoint
 
     start = time.perf_counter()
@@ -296,7 +300,10 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
                     "(%d held-out concepts, %d images), %d-sample windows, world size %d",
                     config.model, len(splits.train), len(splits.train_concepts), len(splits.val),
                     len(splits.val_concepts), len(val_images), n_times, dist.world)
-        model = _build_model(config, data, targets.shape[1], n_times)
+        if model is None:
+            model = _build_model(config, data, targets.shape[1], n_times)
+        elif config.init:  # the caller initialised it
+            raise InputError("either a model or config.init", "both", "drop config.init")
         model, history, best_epoch, retrieval_head, loss_fn = _fit(
             model, data, splits, targets, val, val_images, config, dist, progress)
         final = _validate(model, val, targets, val_images, retrieval_head, loss_fn,
@@ -307,8 +314,8 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
                            time.perf_counter() - start, dist.world)
         checkpoint_dir = None
         if dist.main:
-            meta = _checkpoint_meta(data, config, embedder.name, targets, splits, metrics,
-                                    confidence, retrieval_head)
+            meta = {**_checkpoint_meta(data, config, embedder.name, targets, splits, metrics,
+                                       confidence, retrieval_head), **(extra_meta or {})}
             checkpoint_dir = save_checkpoint(out_dir, model, meta)
             _figure_training(history, final.get("chance_top5"),
                              out_dir / "figures" / "training.png", best_epoch)
