@@ -35,6 +35,9 @@ class SimulationConfig:
 
     modality: str = "meg"
     subjects: int = 2
+    # Number of the first subject (sub-XX): each subject's dipoles, noise and order come
+    # from its number, so first_subject=3 adds a new person to a world of subjects 1-2.
+    first_subject: int = 1
     concepts: int = 28
     exemplars: int = 10
     test_concepts: int = 12
@@ -99,6 +102,8 @@ class SimulationConfig:
         n_available = len(FAMILIES) * len(VARIANTS)
         need(self.modality in DEFAULT_SFREQ, "modality", "to be 'meg' or 'eeg'", "pass --modality meg or --modality eeg")
         need(is_int("subjects") and 1 <= self.subjects <= 99, "subjects", ">= 1 and <= 99", "pass e.g. --subjects 2")
+        need(is_int("first_subject") and 1 <= self.first_subject <= 100 - self.subjects, "first_subject",
+             f">= 1 and <= {100 - self.subjects} (subject numbers up to 99)", "pass e.g. first_subject=3")
         need(is_int("concepts") and self.concepts >= 2, "concepts", ">= 2 (a decoder needs two classes)", "pass e.g. --concepts 28")
         need(is_int("exemplars") and self.exemplars >= 1, "exemplars", ">= 1", "pass e.g. --exemplars 10")
         need(is_int("test_concepts") and self.test_concepts >= 1, "test_concepts", ">= 1", "pass e.g. --test-concepts 12")

@@ -350,8 +350,9 @@ def simulate_session(config: SimulationConfig, out_dir: str | os.PathLike, overw
     groups = source_groups(head, config.seed)
     timings["forward"] = head.forward_seconds
 
-    subjects = [f"{k:02d}" for k in range(1, config.subjects + 1)]
-    schedules = [make_schedule(config, stimuli, k) for k in range(1, config.subjects + 1)]
+    numbers = range(config.first_subject, config.first_subject + config.subjects)
+    subjects = [f"{k:02d}" for k in numbers]
+    schedules = [make_schedule(config, stimuli, k) for k in numbers]
     block = int(round(config.block_duration * sfreq))
     scratch = root / ".glimpse-scratch"
     scratch.mkdir()
@@ -360,7 +361,7 @@ def simulate_session(config: SimulationConfig, out_dir: str | os.PathLike, overw
     facts = []
     try:
         with tqdm(total=sum(n_blocks(s.n_times, block) for s in schedules), desc="simulate", unit="block", disable=not progress) as bar:
-            for k, (subject, schedule) in enumerate(zip(subjects, schedules), start=1):
+            for k, subject, schedule in zip(numbers, subjects, schedules):
                 bar.set_postfix_str(f"sub-{subject}")
                 facts.append(_simulate_subject(config, subject, k, head, groups, info, stimuli, schedule, root, scratch, bar))
     finally:

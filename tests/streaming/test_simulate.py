@@ -239,6 +239,18 @@ def test_same_seed_same_files_other_seed_other_data(meg, tmp_path):
     assert _hashes(other.bids_root)[data] != first[data]
 
 
+@pytest.mark.timeout(60)
+def test_a_new_person_joins_the_world_of_a_session(meg, tmp_path):
+    """first_subject: the same world (stimuli, patterns), a subject the session does not have."""
+    root, config, _ = meg
+    new = simulate_session(dataclasses.replace(config, first_subject=2), tmp_path / "new", progress=False)
+    base, other = _hashes(root), _hashes(new.bids_root)
+    assert "sub-02/meg/sub-02_task-things_meg.fif" in other and not any(k.startswith("sub-01/") for k in other)
+    images = [k for k in base if k.startswith("stimuli/")]
+    assert images and all(other[k] == base[k] for k in images)  # the same images: the same world
+    assert json.loads((new.bids_root / "simulation.json").read_text())["derived"]["subjects"][0]["subject"] == "02"
+
+
 @pytest.mark.timeout(30)
 def test_figure_and_record_are_written(meg):
     root, config, result = meg
@@ -274,6 +286,7 @@ def test_config_round_trips_through_json():
         ("image_size", 16, "--image-size"),
         ("modality", "fmri", "--modality"),
         ("concepts", 59, "--concepts"),
+        ("first_subject", 0, "--first-subject"),
     ],
 )
 def test_bad_config_is_an_input_error(field, value, flag):
