@@ -30,7 +30,7 @@ import torch
 from glimpse.models.data import load_session
 from glimpse.models.evaluate import evaluate
 from glimpse.models.train import TrainConfig, train
-from glimpse.streaming.simulate import SimulationConfig, simulate_session
+from glimpse.streaming.simulate import SimulationConfig, simulate_session, simulated_with
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,13 +47,8 @@ def session(modality: str, cache: Path, quick: bool, snr_db: float | None = None
     config = SimulationConfig(modality=modality, **(QUICK_SIZES if quick else {}), **extra)
     root = cache / (f"{modality}-{'quick' if quick else 'default'}"
                     + ("" if snr_db is None else f"-snr{snr_db:g}"))
-    record = root / "simulation.json"
-    if record.is_file():
-        try:
-            if json.loads(record.read_text())["config"] == config.to_dict():
-                return root, config.to_dict(), 0.0
-        except (ValueError, KeyError):
-            pass
+    if simulated_with(root, config):  # the same config, simulated by this simulator version
+        return root, config.to_dict(), 0.0
     start = time.perf_counter()
     simulate_session(config, root, overwrite=True, progress=False)
     return root, config.to_dict(), time.perf_counter() - start

@@ -47,7 +47,7 @@ from glimpse.models.data import SessionData, load_session
 from glimpse.models.evaluate import evaluate
 from glimpse.models.new_subject import AdaptConfig, adapt_to_subject
 from glimpse.models.train import TrainConfig, train
-from glimpse.streaming.simulate import SimulationConfig, simulate_session
+from glimpse.streaming.simulate import SimulationConfig, simulate_session, simulated_with
 
 REPO = Path(__file__).resolve().parents[1]
 TRIAL_S = 1.5  # THINGS-MEG: 500 ms on, 1000 +- 200 ms off
@@ -56,8 +56,7 @@ QUICK = {"subjects": 1, "concepts": 8, "exemplars": 2, "test_concepts": 4, "test
 
 def _simulated(root: Path, config: SimulationConfig) -> Path:
     """Simulate ``config`` into ``root`` unless it is already there with that config."""
-    record = root / "simulation.json"
-    if record.is_file() and json.loads(record.read_text())["config"] == config.to_dict():
+    if simulated_with(root, config):
         return root
     simulate_session(config, root, overwrite=True, progress=False)
     return root

@@ -20,7 +20,7 @@ from typing import Any
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.preprocess import PreprocessConfig, fit_scaler, preprocess_raw
 from glimpse.streaming.recordings import open_recording
-from glimpse.streaming.simulate import SimulationConfig, simulate_session
+from glimpse.streaming.simulate import SIMULATOR_VERSION, SimulationConfig, simulate_session, simulated_with
 
 logger = logging.getLogger("glimpse.service.demo")
 
@@ -61,6 +61,13 @@ def run_demo(out: Path, *, fresh: bool = False, config: SimulationConfig | None 
     """
     config = config or SimulationConfig()
     start = time.perf_counter()
+    if not fresh and (out / "simulation.json").is_file() and not simulated_with(out, config):
+        saved = json.loads((out / "simulation.json").read_text(encoding="utf-8"))
+        if saved.get("simulator_version", 1) != SIMULATOR_VERSION:
+            # The same parameters give other data with another simulator (and so another model).
+            logger.warning("%s was made by simulator version %s, this is version %d: simulating and "
+                           "training again", out, saved.get("simulator_version", 1), SIMULATOR_VERSION)
+            fresh = True
     if fresh and (out / "simulation.json").is_file():
         for sub in (MODEL_DIR, REPORT_DIR, GALLERY_DIR):
             shutil.rmtree(out / sub, ignore_errors=True)

@@ -43,7 +43,7 @@ and are not part of N. The realised value is logged in ``simulation.json``.
 Same config (seed included) and same software versions -> byte-identical files.
 """
 
-from .config import SimulationConfig
+from .config import SIMULATOR_VERSION, SimulationConfig, simulated_with
 
 _LAZY = {"CleanResponses", "SimulationResult", "clean_responses", "simulate_session"}
 
@@ -57,4 +57,5 @@ def __getattr__(name: str):
         return getattr(session, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["CleanResponses", "SimulationConfig", "SimulationResult", "clean_responses", "simulate_session"]
+__all__ = ["SIMULATOR_VERSION", "CleanResponses", "SimulationConfig", "SimulationResult", "clean_responses",
+           "simulate_session", "simulated_with"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config_dict import config_from_dict
@@ -14,6 +17,12 @@ from .stimuli import FAMILIES, VARIANTS
 #: Sampling rate used when ``sfreq`` is None: THINGS-MEG records at 1200 Hz,
 #: THINGS-EEG2 at 1000 Hz.
 DEFAULT_SFREQ = {"meg": 1200.0, "eeg": 1000.0}
+
+
+#: Bumped when the same config writes different data (the physics or the noise changed),
+#: so that caches keyed by the config (the demo's session, the benches') are remade.
+#: Sessions that record none are version 1.
+SIMULATOR_VERSION = 1
 
 
 def _flag(name: str) -> str:
@@ -167,3 +176,14 @@ class SimulationConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
         return config_from_dict(cls, data, where="the 'config' object of simulation.json",
                                 fix="remove them, or regenerate simulation.json with this glimpse version")
+
+
+def simulated_with(root: str | os.PathLike, config: SimulationConfig) -> bool:
+    """True when ``root/simulation.json`` records ``config`` and this simulator's version."""
+    record = Path(root) / "simulation.json"
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        return (saved.get("simulator_version", 1) == SIMULATOR_VERSION
+                and SimulationConfig.from_dict(saved["config"]) == config)
+    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return False

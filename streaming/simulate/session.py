@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..errors import InputError
-from .config import SimulationConfig
+from .config import SIMULATOR_VERSION, SimulationConfig
 from .design import TRIGGER_CODES, TRIGGER_DURATION, Schedule, build_catalogue, make_schedule
 from .figure import BASELINE, average_epochs, lowpass, plot_evoked
 from .noise import ARTEFACTS, NoiseStream, build_noise_model
@@ -406,6 +406,7 @@ def _simulation_record(config: SimulationConfig, head: HeadModel, groups: dict[s
     sfreq = config.resolved_sfreq
     return {
         "generator": "glimpse simulate (glimpse.streaming.simulate)",
+        "simulator_version": SIMULATOR_VERSION,
         "glimpse_version": glimpse_version(),
         "mne_version": mne.__version__,
         "mne_bids_version": mne_bids.__version__,

@@ -31,6 +31,26 @@ def test_demo_summarises_the_session_once(small_meg_session, tmp_path):
     assert "274 channels x" in text and "at 120 Hz" in text
 
 
+@pytest.mark.timeout(120)
+def test_a_session_of_another_simulator_version_is_simulated_again(small_meg_session, tmp_path, caplog):
+    """The same parameters give other data with another simulator version: redone, and retrained."""
+    root, config, _ = small_meg_session
+    out = tmp_path / "demo"
+    shutil.copytree(root, out)
+    record = json.loads((out / "simulation.json").read_text())
+    record["simulator_version"] += 1  # as if another simulator had written it
+    (out / "simulation.json").write_text(json.dumps(record))
+    (out / "report").mkdir(exist_ok=True)
+    (out / "report" / "subjects.json").write_text(json.dumps({"config": config.to_dict(), "lines": ["stale"]}))
+    with caplog.at_level("WARNING", logger="glimpse.service.demo"):
+        text = run_demo(out, config=config, model=False)
+    assert f"made by simulator version {record['simulator_version']}, this is" in caplog.text
+    assert "stale" not in text
+    from glimpse.streaming.simulate import simulated_with
+
+    assert simulated_with(out, config)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)  # tiny training, evaluation (curve, ceiling), gallery, 8 s served; ~70 s alone
 def test_demo_trains_evaluates_builds_the_gallery_once_and_serves_it(small_meg_session, tmp_path,
