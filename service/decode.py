@@ -123,8 +123,11 @@ def status_line(worker_stats: dict, acq_stats: list[dict], live: LiveStats) -> s
 
 def load_decoder(checkpoint: str | Path, gallery: str | Path, *, backend: str = "auto",
                  onnx: str | Path | None = None, device: str = "cpu", k: int = 5,
-                 threads: int | None = 1, allow_missing: bool = False):
+                 threads: int | None = 1, allow_missing: bool = False, subject: int | str | None = None):
     """``(decoder, backend)``: the checkpoint and gallery loaded, as ``glimpse decode`` runs them.
+
+    ``subject``: whose subject layer decodes (a training subject id or index; default
+    the first), e.g. the person an adapted checkpoint was calibrated for.
 
     ``backend`` "auto": onnxruntime on CPU when ``onnx`` or CHECKPOINT/model.onnx
     exists (3x faster than eager torch at batch 1 for the default encoder), else
@@ -151,7 +154,7 @@ def load_decoder(checkpoint: str | Path, gallery: str | Path, *, backend: str = 
     ckpt = load_checkpoint(checkpoint, device=device)
     gal = Gallery.load(gallery, device=device)
     decoder = Decoder(ckpt, gal, k=k, backend=backend, onnx_path=onnx, device=device,
-                      threads=threads)
+                      threads=threads, subject=subject)
     if allow_missing and not decoder.supports_mask:
         raise InputError("a model that can mask missing channels with --allow-missing",
                          f"{ckpt.model_name} (no channel mask)",

@@ -1,4 +1,5 @@
-"""``/api/sessions``: start, list, inspect, stop and download live sessions."""
+"""``/api/sessions``: start, list, inspect, stop and download live sessions; switch a running
+one's mode or checkpoint."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"], dependencies=[Depe
 
 Ref = Annotated[str, Field(min_length=1, max_length=1024)]
 Mode = Literal["retrieval", "generation", "two_stage"]
+Subject = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class StreamRef(BaseModel):
@@ -35,6 +37,9 @@ class SessionRequest(BaseModel):
         min_length=1, max_length=8, description="LSL stream names (or name and source id)")
     checkpoint: Ref = Field(description="a checkpoint id from GET /api/checkpoints, or its path")
     gallery: Ref = Field(description="a gallery id from GET /api/galleries, or its path")
+    subject: Subject | None = Field(None, description="a training subject id of the checkpoint "
+                                    "(its config.json subjects) whose subject layer decodes; "
+                                    "default the first")
     mode: Mode = "retrieval"
     generator: Ref | None = Field(None, description="a generator folder inside the data roots "
                                   "(generator.json beside its weights); needed by the generation modes")
@@ -82,6 +87,23 @@ class ModeRequest(BaseModel):
 @router.post("/{session_id}/mode")
 async def set_mode(session_id: str, body: ModeRequest, request: Request) -> dict:
     return await run_in_threadpool(request.app.state.sessions.set_mode, session_id, body.mode)
+
+
+class CheckpointRequest(BaseModel):
+    """A running session's new checkpoint: it must take the session's windows (channels,
+    rate, window, filters; its scaler may differ) into the session's gallery."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: Ref = Field(description="a checkpoint id from GET /api/checkpoints, or its path")
+    subject: Subject | None = Field(None, description="a training subject id of that checkpoint; "
+                                    "default the first")
+
+
+@router.post("/{session_id}/checkpoint")
+async def swap_checkpoint(session_id: str, body: CheckpointRequest, request: Request) -> dict:
+    # Blocking: until the new checkpoint is loaded beside the old one and has taken over.
+    return await run_in_threadpool(request.app.state.sessions.swap_checkpoint, session_id,
+                                   body.checkpoint, body.subject)
 
 
 @router.get("/{session_id}/download")

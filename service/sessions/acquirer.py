@@ -14,7 +14,8 @@ service: ``("ready", {"streams": [ids]})``, ``("error", {"expected", "got", "fix
 or {"message"})``, ``("marker", stream_id, t, marker)``, ``("signal", message)``
 (~4/s per stream), ``("stats", [acquisition stats], sender stats)`` (~1/s) and
 ``("stopped", [acquisition stats])``. From the service: ``("frame", frame)`` to
-record, ``("stop",)``.
+record, ``("reconnect",)`` (a new worker listens: send the next windows to it) and
+``("stop",)``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def acquirer_main(spec: dict[str, Any], conn: Connection) -> None:
                 break
             if message[0] == "frame" and writer is not None:
                 writer.write_frame(message[1])
+            elif message[0] == "reconnect":
+                sender.reconnect()
             elif message[0] == "stop":
                 break
     finally:

@@ -12,6 +12,11 @@ back-end's files) inside the data roots. Its embedder must be the checkpoint's (
 400 naming both); it loads in the worker, in the background, while retrieval
 already runs. ``"mode"`` retrieval, generation or two_stage (the last two need a
 generator) switches while the session runs (:meth:`SessionManager.set_mode`).
+
+``"subject"``: the training subject of the checkpoint whose subject layer decodes
+(an id of its config.json ``subjects``; default the first). A running session's
+checkpoint and subject change with :meth:`SessionManager.swap_checkpoint` (a person
+calibrated, :mod:`.swap`) without stopping its acquisition or recording.
 """
 
 from __future__ import annotations
@@ -32,10 +37,23 @@ from glimpse.models.generators import Generator, check_generate_options
 from ..errors import Conflict, InputError, NotFound
 from .generation import GENERATION_MODES
 from .session import LiveSession
+from .swap import check_swap, checkpoint_subject
 
 logger = logging.getLogger("glimpse.service.sessions")
 
 __all__ = ["SessionManager"]
+
+
+def _config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A catalog checkpoint's config.json."""
+    return json.loads((Path(ckpt["abspath"]) / "config.json").read_text(encoding="utf-8"))
+
+
+def _checkpoint_entry(ckpt: dict[str, Any], config: dict[str, Any], subject: str) -> dict[str, Any]:
+    """What a session's description says of its checkpoint, but its sensors."""
+    return {"id": ckpt["id"], "name": ckpt.get("name"), "model": config["model"]["name"],
+            "modality": ckpt.get("modality"), "subject": subject,
+            "subjects": [str(s) for s in config["subjects"]]}
 
 
 def _stream_pair(ref: Any) -> tuple[str | None, str | None]:
@@ -89,7 +107,8 @@ class SessionManager:
     def create(self, request: dict[str, Any]) -> dict[str, Any]:
         """Start a session (blocking until it decodes or fails); its description."""
         ckpt, gallery = self.catalog.checkpoint(request["checkpoint"]), self.catalog.gallery(request["gallery"])
-        config = json.loads((Path(ckpt["abspath"]) / "config.json").read_text(encoding="utf-8"))
+        config = _config(ckpt)
+        subject = checkpoint_subject(config, request.get("subject"), ckpt["id"])
         sidecar = json.loads(Path(gallery["abspath"]).with_suffix(".json").read_text(encoding="utf-8"))
         emb = config["embedder"]
         if (emb["name"], int(emb["dim"])) != (sidecar["embedder"], int(sidecar["dim"])):
@@ -115,6 +134,7 @@ class SessionManager:
             "session": session_id, "folder": str(folder) if folder is not None else None,
             "streams": streams, "checkpoint": str(ckpt["abspath"]), "gallery": str(gallery["abspath"]),
             "gallery_id": gallery["id"], "k": int(request.get("k", 5)), "hop": hop,
+            "checkpoint_id": ckpt["id"], "subject": subject,
             "max_age": request.get("max_age"), "allow_missing": bool(request.get("allow_missing", False)),
             "backend": self.settings.backend, "device": self.settings.device,
             "threads": self.settings.threads, "resolve_timeout": float(request.get("resolve_timeout", 10.0)),
@@ -127,12 +147,11 @@ class SessionManager:
         }
         describe = {
             "streams": [{"name": n, "source_id": s} for n, s in streams],
-            "checkpoint": {"id": ckpt["id"], "name": ckpt.get("name"), "model": config["model"]["name"],
+            "checkpoint": {**_checkpoint_entry(ckpt, config, subject),
                            "ch_names": spec["ch_names"], "positions": spec["positions"],
-                           "sfreq": spec["sfreq"], "n_times": spec["n_times"],
-                           "modality": ckpt.get("modality")},
+                           "sfreq": spec["sfreq"], "n_times": spec["n_times"]},
             "gallery": {"id": gallery["id"], "name": gallery.get("name"), "n": len(sidecar["ids"]),
-                        "embedder": sidecar["embedder"]},
+                        "embedder": sidecar["embedder"], "dim": int(sidecar["dim"])},
             "mode": mode, "generator": generator, "steps": steps, "strength": strength,
             "k": spec["k"], "hop": hop, "record": folder is not None,
             "folder": str(folder) if folder is not None else None,
@@ -168,6 +187,46 @@ class SessionManager:
     def set_mode(self, session_id: str, mode: str) -> dict[str, Any]:
         """Switch a running session's mode; its description."""
         return self.get(session_id).set_mode(mode)
+
+    def swap_checkpoint(self, session_id: str, checkpoint_ref: str,
+                        subject: str | None = None) -> dict[str, Any]:
+        """Decode a running session with another checkpoint (and subject) from now on; its
+        description. Blocks while the new checkpoint loads beside the old one.
+
+        Parameters
+        ----------
+        session_id : str
+            A running session (NotFound, 404; Conflict, 409, when it is not running).
+        checkpoint_ref : str
+            A checkpoint id of GET /api/checkpoints or a folder inside the data roots. It
+            must take the session's windows: the same channel set, rate, window length and
+            filters (its scaler may differ), and the embedder of the session's gallery
+            (InputError, 400, naming both sides otherwise).
+        subject : str or None
+            A training subject id of that checkpoint (400 listing them); None: the first.
+        """
+        session = self.get(session_id)
+        if session.state != "running":
+            raise Conflict("a running session", f"session {session_id}, {session.state}",
+                           "start a new session with the checkpoint (POST /api/sessions)")
+        ckpt = self.catalog.checkpoint(checkpoint_ref)
+        config = _config(ckpt)
+        described = session.describe()
+        gallery = described["gallery"]
+        check_swap(session.spec, config, ckpt["id"], (gallery["embedder"], gallery["dim"]))
+        emb = config["embedder"]
+        generator = described.get("generator")
+        if generator:  # the gallery's embedder is the generator's already; said plainly anyway
+            Generator(embedder=generator["embedder"], dim=generator["dim"],
+                      size=generator["size"]).check_embedder(emb["name"], int(emb["dim"]))
+        subject_id = checkpoint_subject(config, subject, ckpt["id"])
+        changes = {"checkpoint": str(ckpt["abspath"]), "checkpoint_id": ckpt["id"],
+                   "subject": subject_id, "mean_norm": emb.get("mean_norm")}
+        # The sensors stay the acquisition's (the viewer's topography follows its signal).
+        entry = {**described["checkpoint"], **_checkpoint_entry(ckpt, config, subject_id)}
+        description = session.swap_checkpoint(changes, entry)
+        logger.info("session %s: checkpoint %s (subject %s)", session_id, ckpt["id"], subject_id)
+        return description
 
     def _stimulus_url(self, stim_file: str) -> str | None:
         """Where the viewer gets a true stimulus that is not in the gallery: only a file

@@ -25,6 +25,12 @@ stream; each is published as a binary WebSocket message carrying the session
 and the window's age. :meth:`LiveSession.set_mode` switches retrieval, generation
 and two-stage while it runs; a generator failure is reported ("generation_failed")
 and the session falls back to retrieval.
+
+Checkpoint swap (:meth:`LiveSession.swap_checkpoint`): a worker of the new
+checkpoint loads beside the active one, takes the window socket as a standby does,
+the acquisition process moves its connection to it between two windows, and the old
+worker decodes what it still holds and goes. Acquisition and recording never stop;
+each frame names the checkpoint that decoded it (``"checkpoint"``, its catalog id).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ _TICK_S = 0.25  # supervisor: how often it looks at the processes
 _MAX_FAST_RESTARTS = 5  # restarts within _RESTART_WINDOW_S before backing off
 _RESTART_WINDOW_S, _BACKOFF_S = 60.0, 10.0
 _SEQS_KEPT = 512  # worker frame seq -> session seq, for the generated images that follow
+_RETIRE_S = 10.0  # a swapped-out worker's time to decode what it holds
 
 
 class LiveSession:
@@ -108,6 +115,10 @@ class LiveSession:
         self._workers = Workers(self._ctx, spec, ready_timeout=ready_timeout, standby=standby)
         self._worker_conn: Connection | None = None
         self._worker_lock = threading.Lock()  # sends to the worker: requests and the stop
+        self._handover = threading.Lock()  # one change of the active worker at a time
+        self._swapping = threading.Lock()
+        self.swaps: list[dict[str, Any]] = []
+        self._retired_dropped = 0  # windows that swapped-out workers dropped
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sockdir = tempfile.mkdtemp(prefix="glimpse-")
@@ -189,10 +200,14 @@ class LiveSession:
             self._generator_state = "loading"  # each worker loads its own
         worker = (self._workers.replace(self.mode) if self._workers.active is not None
                   else self._workers.start(self.mode))
+        self._attach(worker)
+
+    def _attach(self, worker) -> None:
+        """``worker`` is the active one now: requests go to it, its messages are read."""
         with self._worker_lock:
             self._worker_conn = worker.conn
         self.worker_pid, self.worker_state = worker.pid, "running"
-        thread = threading.Thread(target=self._read_worker, args=(worker.conn,),
+        thread = threading.Thread(target=self._read_worker, args=(worker,),
                                   name=f"worker-reader-{self.id}", daemon=True)
         thread.start()
 
@@ -204,19 +219,25 @@ class LiveSession:
                 except (OSError, EOFError, ValueError):  # it died: the supervisor restarts it
                     pass
 
-    def _read_worker(self, conn: Connection) -> None:
+    def _read_worker(self, worker) -> None:
         seqs: dict[int, int] = {}  # this worker's frame seq -> the session's
         while True:
             try:
-                kind, body = conn.recv()
+                kind, body = worker.conn.recv()
             except (EOFError, OSError):  # the worker exited: the supervisor sees it
                 return
             if kind == "frame":
-                self._on_frame(body, seqs)
+                self._on_frame(body, seqs, worker.checkpoint_id)
             elif kind == "stats":
-                self._worker_stats = body
+                if worker is self._workers.active:  # not a retiring one's
+                    self._worker_stats = body
+            elif kind == "retired":
+                worker.final_stats = body
+                worker.retired.set()
             elif kind == "generated":
                 self._on_generated(body, seqs)
+            elif worker is not self._workers.active:
+                continue  # a retiring worker's generator no longer speaks for the session
             elif kind == "generator_ready":
                 self._generator_state = "ready"
                 self._event("generator_ready", f"generator {body['kind']} ready ({body['size']} px, "
@@ -224,12 +245,13 @@ class LiveSession:
             elif kind == "generation_failed":
                 self._on_generation_failed(body["message"])
 
-    def _on_frame(self, frame: dict, seqs: dict[int, int] | None = None) -> None:
+    def _on_frame(self, frame: dict, seqs: dict[int, int] | None = None,
+                  checkpoint_id: str | None = None) -> None:
         with self._frames_lock:  # a frame is counted, recorded and published, or none of it
             if self.state != "running":
                 return  # decoded after the stop: the session has ended
             worker_seq, frame["seq"] = frame["seq"], next(self._seq)  # per session, across restarts
-            frame["mode"] = self.mode
+            frame["mode"], frame["checkpoint"] = self.mode, checkpoint_id
             if seqs is not None:
                 seqs[worker_seq] = frame["seq"]
                 if len(seqs) > _SEQS_KEPT:
@@ -283,13 +305,75 @@ class LiveSession:
             self._announce()
         return self.describe()
 
+    def swap_checkpoint(self, changes: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Decode with another checkpoint from the next window on; the new description.
+
+        ``changes``: the worker spec's new "checkpoint" (folder), "checkpoint_id",
+        "subject" and "mean_norm"; ``checkpoint``: the description's new "checkpoint".
+        The caller has checked that it takes this session's windows
+        (:func:`~.swap.check_swap`). Blocks while the new worker loads (seconds), then
+        hands over in milliseconds (module doc). Conflict when the session is not running
+        or swaps already; InputError when the new worker fails (the old one decodes on).
+        """
+        self._require_running("swap its checkpoint")
+        if not self._swapping.acquire(blocking=False):
+            raise Conflict("one checkpoint swap at a time", f"session {self.id}, swapping already",
+                           "wait for the answer to that swap, then try again")
+        try:
+            return self._swap(changes, checkpoint)
+        except InputError as err:
+            self._event("checkpoint_swap_failed", f"swapping to checkpoint {checkpoint['id']} failed "
+                        f"({err}); decoding goes on with {self._describe['checkpoint']['id']}")
+            raise
+        finally:
+            self._swapping.release()
+
+    def _swap(self, changes: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        worker = self._workers.load({**self.spec, **changes})  # the old worker decodes meanwhile
+        t_loaded = time.monotonic()
+        with self._handover:
+            if self.state != "running":
+                worker.kill()
+                self._require_running("swap its checkpoint")
+            spec = {**self.spec, **changes, "mode": self.mode}
+            old = self._workers.swap(worker, spec, self.mode)  # it listens: the socket is its
+            if spec.get("generator"):
+                self._generator_state = "loading"  # the new worker loads its own
+            self.spec, before = spec, self._describe["checkpoint"]
+            self._attach(worker)
+            self._acq_pipe.send(("reconnect",))  # the next window goes to the new worker
+            self._describe = {**self._describe, "checkpoint": checkpoint}
+        t_handover = time.monotonic()
+        final = old.retire(_RETIRE_S) if old is not None else {}
+        self._retired_dropped += final.get("n_dropped", 0)
+        label = {k: (before.get(k), checkpoint.get(k)) for k in ("id", "name", "subject")}
+        swap = {"t": time.time(), "from": {k: v[0] for k, v in label.items()},
+                "to": {k: v[1] for k, v in label.items()},
+                "load_s": t_loaded - t0, "handover_ms": 1e3 * (t_handover - t_loaded),
+                "old_worker": {k: final.get(k) for k in ("n_decoded", "n_dropped", "receiving")}}
+        self.swaps.append(swap)
+        self._event("checkpoint_swapped", f"checkpoint {before['name'] or before['id']} (subject "
+                    f"{before.get('subject')}) -> {checkpoint['name'] or checkpoint['id']} (subject "
+                    f"{checkpoint.get('subject')}); loaded in {swap['load_s']:.1f} s and started in "
+                    f"{swap['handover_ms']:.0f} ms while the old one decoded", swap=swap)
+        self._announce()
+        return self.describe()
+
+    def _require_running(self, action: str) -> None:
+        if self.state != "running":
+            raise Conflict("a running session", f"session {self.id}, {self.state}",
+                           f"start a new session to {action}")
+
     def _supervise(self) -> None:
         ticks = 0
         while not self._stop.wait(_TICK_S):
             ticks += 1
             active = self._workers.active
             if active is not None and not active.alive() and not self._stop.is_set():
-                self._restart_worker()
+                with self._handover:  # not while a swap changes the active worker
+                    if active is self._workers.active and not self._stop.is_set():
+                        self._restart_worker()
             if not self._acq.is_alive() and not self._stop.is_set():
                 self.state = "failed"
                 self._event("session_failed", f"the acquisition process exited with code "
@@ -357,9 +441,9 @@ class LiveSession:
         """The session's description, to its clients, when its state changed."""
         self.publish({"type": "session", "session": self.describe()})
 
-    def _event(self, event: str, message: str) -> None:
+    def _event(self, event: str, message: str, **fields: Any) -> None:
         body = {"type": "event", "session": self.id, "event": event, "message": message,
-                "t": time.time()}
+                "t": time.time(), **fields}
         self.events.append(body)
         (logger.warning if event in ("worker_crashed", "stream_lost", "session_failed")
          else logger.info)("session %s: %s", self.id, message)
@@ -389,7 +473,7 @@ class LiveSession:
                        "pid": self.worker_pid, "standby": self._workers.standby_state},
             "decode_rate": w.get("decode_rate", 0.0), "latency_ms": latency,
             "n_decoded": self.live.n_frames, "n_dropped": w.get("n_dropped", 0)
-            + self._sender_stats.get("n_replaced", 0),
+            + self._retired_dropped + self._sender_stats.get("n_replaced", 0),
             "n_undelivered": self._sender_stats.get("n_undelivered", 0),
             "n_stale": sum(a.get("n_stale", 0) for a in acqs),
             "n_invalid": sum(a.get("n_invalid_windows", 0) for a in acqs),
@@ -400,5 +484,8 @@ class LiveSession:
             "accuracy": self.live.summary(), "events": list(self.events)[-10:],
             "generation": self._generation_status(w.get("generation")),
             "clients": self.clients(),
+            "checkpoint": {k: (self._describe.get("checkpoint") or {}).get(k)
+                           for k in ("id", "name", "subject")},
+            "swaps": list(self.swaps),
         }
 

@@ -7,7 +7,9 @@ way; no pickle). :class:`WindowSender` runs in the acquisition process: acquisit
 threads hand it windows without ever blocking; its thread sends the newest window
 of each stream (a window replaced before it went out is dropped and counted, the
 worker's own policy) and, when the worker is gone (crashed, restarting), drops and
-counts what comes until a worker listens again.
+counts what comes until a worker listens again. :meth:`WindowSender.reconnect` moves
+it to whichever worker listens now (a checkpoint swap: the new worker has bound the
+address), between two windows, so none is lost in the move.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class WindowSender:
         self._cond = threading.Condition()
         self._pending: dict[str, Window] = {}
         self._conn: Connection | None = None
-        self._stop = False
+        self._stop = self._reconnect = False
         self._last_try = 0.0
         self.n_sent = self.n_replaced = self.n_undelivered = self.n_connects = 0
         self._thread = threading.Thread(target=self._run, name="window-sender", daemon=True)
@@ -113,6 +115,12 @@ class WindowSender:
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    def reconnect(self) -> None:
+        """Close the connection and connect again before the next window (never blocks)."""
+        with self._cond:
+            self._reconnect = True
+            self._cond.notify()
 
     def submit(self, window: Window) -> None:
         with self._cond:
@@ -142,11 +150,17 @@ class WindowSender:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and not self._pending:
+                while not self._stop and not self._pending and not self._reconnect:
                     self._cond.wait(0.5)
                 if self._stop:
                     return
                 windows, self._pending = list(self._pending.values()), {}
+                reconnect, self._reconnect = self._reconnect, False
+            if reconnect:
+                if self._conn is not None:
+                    self._conn.close()  # the old worker reads what it had, then EOF
+                    self._conn = None
+                self._last_try = -float("inf")
             if self._conn is None:
                 self._connect()
             for window in windows:

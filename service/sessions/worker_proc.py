@@ -12,8 +12,20 @@ Messages on ``conn`` (a duplex pipe to the service), each a tuple. To the
 service: ``("loaded", {"pid"})`` once the model is loaded (it then waits as the
 session's standby, :mod:`.workers`), ``("ready", {"pid", "backend"})`` once
 activated, ``("error", {...})``, ``("frame", frame)``, ``("stats", worker stats +
-"transfer_ms" percentiles)`` (~1/s), and the generation messages. From the
-service: ``("activate", mode)``, ``("mode", mode)``, ``("stop",)``.
+"transfer_ms" percentiles)`` (~1/s), the generation messages, and ``("retired",
+worker stats)``. From the service: ``("activate", mode)``, ``("mode", mode)``,
+``("stop",)`` and ``("retire",)``.
+
+Retiring (a checkpoint swap, :mod:`.swap`): a worker of the new checkpoint has bound
+the window socket and the acquisition process has moved its connection to it; the old
+worker decodes what it still holds, sends its last frames and "retired", and exits
+without running finalizers, since its listener's would unlink the socket path that
+is now the new worker's.
+
+``spec["subject"]``: the training subject whose subject layer decodes (None: the
+first). ``spec["ch_names"]`` and ``spec["preprocess"]`` are the acquisition's; when
+the checkpoint orders or scales its channels otherwise (a swapped-in checkpoint), each
+window is mapped to the checkpoint's (:class:`~.swap.WindowMap`).
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 import urllib.parse
 from multiprocessing.connection import Connection, Listener
 from typing import Any
@@ -46,14 +60,14 @@ def worker_main(spec: dict[str, Any], conn: Connection) -> None:
                         format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     pipe = Pipe(conn)
     try:
-        from ..decode import load_decoder
         from ..worker import Worker, freeze_heap
+        from .swap import WindowMap
 
-        decoder, backend = load_decoder(spec["checkpoint"], spec["gallery"], backend=spec["backend"],
-                                        device=spec["device"], k=spec["k"], threads=spec["threads"],
-                                        allow_missing=spec["allow_missing"])
+        decoder, backend = _load_decoder(spec)
         prefix = f"/api/gallery/{spec['gallery_id']}/"
         decoder.image_url = lambda image_id: prefix + urllib.parse.quote(image_id)
+        window_map = WindowMap.between(spec["ch_names"], spec["preprocess"], decoder.ch_names,
+                                       decoder.checkpoint.preprocess.to_dict())
     except Exception as err:  # noqa: BLE001 - reported to the service
         pipe.send(("error", error_body(err)))
         return
@@ -79,22 +93,28 @@ def worker_main(spec: dict[str, Any], conn: Connection) -> None:
     except Exception as err:  # noqa: BLE001 - reported to the service
         pipe.send(("error", error_body(err)))
         return
+    pipe.send(("ready", {"pid": os.getpid(), "backend": backend}))
+    # Only after "ready": what comes before it (a frame, "generator_ready") the service
+    # would read while it waits for "ready", and drop.
     if generation is not None:
         generation.start()
     transfer = collections.deque(maxlen=2048)
-    threading.Thread(target=_accept, args=(listener, worker, decoder.ch_names, transfer),
+    receivers: list[threading.Thread] = []
+    names = tuple(spec["ch_names"]) if window_map is not None else decoder.ch_names
+    threading.Thread(target=_accept, args=(listener, worker, names, window_map, transfer, receivers),
                      name="worker-accept", daemon=True).start()
     stop = threading.Event()
     threading.Thread(target=_report, args=(worker, generation, pipe, transfer, stop),
                      name="worker-report", daemon=True).start()
-    pipe.send(("ready", {"pid": os.getpid(), "backend": backend}))
+    retire = False
     try:
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):  # the service is gone
                 break
-            if message[0] == "stop":
+            if message[0] in ("stop", "retire"):
+                retire = message[0] == "retire"
                 break
             if message[0] == "mode" and generation is not None:
                 generation.set_mode(message[1])
@@ -102,8 +122,38 @@ def worker_main(spec: dict[str, Any], conn: Connection) -> None:
         stop.set()
         if generation is not None:
             generation.stop()
+        if retire:
+            _retire(worker, receivers, pipe)
         worker.stop()
         listener.close()
+
+
+def _load_decoder(spec: dict[str, Any]):
+    """``(decoder, backend)`` as ``load_decoder`` gives them, decoding ``spec["subject"]``."""
+    from ..decode import load_decoder
+
+    return load_decoder(spec["checkpoint"], spec["gallery"], backend=spec["backend"], device=spec["device"],
+                        k=spec["k"], threads=spec["threads"], allow_missing=spec["allow_missing"],
+                        subject=spec.get("subject"))
+
+
+_RETIRE_WAIT_S = 5.0  # for the acquisition to move to the new worker, then for the queue
+
+
+def _retire(worker, receivers: list[threading.Thread], pipe: Pipe) -> None:
+    """Decode what this worker still holds, say "retired", exit at once (see the module doc)."""
+    deadline = time.monotonic() + _RETIRE_WAIT_S
+    for thread in list(receivers):  # each ends when the acquisition closes its connection
+        thread.join(max(0.0, deadline - time.monotonic()))
+    while sum(worker.stats()["pending"].values()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    worker.stop()  # finishes the batch it decodes; nothing is pending any more
+    stats = worker.stats()
+    stats["receiving"] = sum(t.is_alive() for t in receivers)  # > 0: the acquisition never left
+    pipe.send(("retired", stats))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _generation(spec: dict[str, Any], decoder, pipe: Pipe):
@@ -126,18 +176,21 @@ def _generation(spec: dict[str, Any], decoder, pipe: Pipe):
     return generation
 
 
-def _accept(listener: Listener, worker, ch_names: tuple[str, ...], transfer) -> None:
+def _accept(listener: Listener, worker, ch_names: tuple[str, ...], window_map, transfer,
+            receivers: list[threading.Thread]) -> None:
     """Take the acquisition process's connection (again, if it reconnects) and its windows."""
     while True:
         try:
             conn = listener.accept()
         except (OSError, EOFError):  # closed at stop, or a bad handshake
             return
-        threading.Thread(target=_receive, args=(conn, worker, ch_names, transfer),
-                         name="worker-receive", daemon=True).start()
+        thread = threading.Thread(target=_receive, args=(conn, worker, ch_names, window_map, transfer),
+                                  name="worker-receive", daemon=True)
+        receivers.append(thread)
+        thread.start()
 
 
-def _receive(conn: Connection, worker, ch_names: tuple[str, ...], transfer) -> None:
+def _receive(conn: Connection, worker, ch_names: tuple[str, ...], window_map, transfer) -> None:
     while True:
         try:
             window = recv_window(conn, ch_names)
@@ -146,7 +199,7 @@ def _receive(conn: Connection, worker, ch_names: tuple[str, ...], transfer) -> N
             return
         # The process hop: from the cut (acquisition process) to here, on the LSL clock.
         transfer.append(1e3 * (pylsl.local_clock() - window.t_cut))
-        worker.submit(window)
+        worker.submit(window if window_map is None else window_map(window))
 
 
 def _report(worker, generation, pipe: Pipe, transfer, stop: threading.Event) -> None:

@@ -8,6 +8,11 @@ dies, the standby binds the window socket within milliseconds and frames resume
 while a new standby loads in the background. The price is a second copy of the
 model in memory (on a GPU, its memory too); ``standby=False`` saves it and restarts
 from scratch instead.
+
+A checkpoint swap takes the same path with a worker of the new checkpoint: loaded
+beside the active one (:meth:`Workers.load`), then made the active one as a standby
+is (:meth:`Workers.swap`); standbys of the old checkpoint are discarded, even one
+still loading, and the next loads the new one.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ class WorkerProcess:
         self.proc.start()
         child.close()
         self.pid: int | None = None
+        self.checkpoint_id: str | None = spec.get("checkpoint_id")
+        self.retired = threading.Event()  # its "retired" came (a swap): see worker_proc
+        self.final_stats: dict = {}
 
     def wait(self, kind: str, timeout: float) -> dict:
         """The body of the process's next message, which must be ``kind`` (its "error"
@@ -49,6 +57,20 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.proc.is_alive()
+
+    def retire(self, timeout: float) -> dict:
+        """Once another worker took over: let this one decode what it holds and go; its
+        final stats ({} when it died first or never answered within ``timeout`` s)."""
+        if self.alive():
+            try:
+                self.conn.send(("retire",))
+            except (OSError, EOFError, ValueError):  # it just died
+                pass
+            else:
+                self.retired.wait(timeout)  # set by the session's reader of this worker
+        # SIGKILL, never a stop: its exit must not unlink the socket path (worker_proc).
+        self.kill()
+        return self.final_stats
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -66,9 +88,11 @@ class Workers:
         self._standby_ready = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
+        self._epoch = 0  # a swap's new spec: standbys of an older one are discarded
 
-    def _spawn(self, role: str) -> WorkerProcess:
-        worker = WorkerProcess(self.ctx, self.spec, f"glimpse-worker-{self.spec['session']}-{role}")
+    def _spawn(self, role: str, spec: dict[str, Any] | None = None) -> WorkerProcess:
+        spec = self.spec if spec is None else spec
+        worker = WorkerProcess(self.ctx, spec, f"glimpse-worker-{spec['session']}-{role}")
         try:
             worker.wait("loaded", self.ready_timeout)
         except BaseException:
@@ -106,20 +130,55 @@ class Workers:
         self._refill()
         return standby
 
+    def load(self, spec: dict[str, Any]) -> WorkerProcess:
+        """A worker of ``spec`` (a swap's new checkpoint), loaded, not active: blocks for the
+        model's load; raises InputError (its process killed) when it does not load."""
+        return self._spawn("swap", spec)
+
+    def swap(self, worker: WorkerProcess, spec: dict[str, Any], mode: str) -> WorkerProcess | None:
+        """Make the loaded ``worker`` of ``spec`` the active one, as :meth:`replace` does a
+        standby; the old active worker (still running: the caller retires it), or None.
+        On an error the old one stays active, with the old spec, and ``worker`` is killed."""
+        with self._lock:
+            if self._closed:
+                worker.kill()
+                raise InputError("a running session to swap the checkpoint of", "one being stopped",
+                                 "start a new session with the checkpoint")
+            standby, self._standby = self._standby, None
+            self._standby_ready.clear()
+            old_spec, self.spec = self.spec, spec
+            self._epoch += 1
+        if standby is not None:
+            standby.kill()  # the old checkpoint's
+        try:
+            worker.activate(mode, self.ready_timeout)
+        except BaseException:
+            worker.kill()
+            with self._lock:
+                self.spec = old_spec
+                self._epoch += 1
+            self._refill()
+            raise
+        old, self.active = self.active, worker
+        self._refill()
+        return old
+
     def _refill(self) -> None:
         """Load a standby in the background (a failure is logged: the next restart spawns)."""
         if not self.standby_on or self._closed:
             return
+        with self._lock:
+            epoch, spec = self._epoch, self.spec
 
         def load() -> None:
             try:
-                worker = self._spawn("standby")
+                worker = self._spawn("standby", spec)
             except InputError as err:
                 logger.warning("session %s: no standby worker (%s); a crash will restart from scratch",
                                self.spec["session"], err)
                 return
             with self._lock:
-                if self._closed:
+                if self._closed or epoch != self._epoch:  # stopped, or swapped meanwhile
                     worker.kill()
                     return
                 self._standby = worker
