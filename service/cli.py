@@ -465,12 +465,14 @@ def decode(
 # ------------------------------------------------------------- serve and demo
 
 from .cli_generate import generator_app, reconstruct  # noqa: E402 - their own modules
+from .cli_calibrate import calibrate  # noqa: E402
 from .cli_serve import demo, serve  # noqa: E402
 
 app.command()(serve)
 app.command()(demo)
 app.add_typer(generator_app, name="generator")
 app.command()(reconstruct)
+app.command()(calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:

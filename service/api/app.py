@@ -4,10 +4,11 @@ The app's state holds the parts, built here and owned by the lifespan:
 ``settings``, ``roots`` (the data roots: nothing outside them is served or loaded),
 ``catalog`` (checkpoints, galleries, recordings in the roots), ``hub`` (WebSocket
 fan-out), ``replays`` (recordings played as LSL streams, one process each) and
-``sessions`` (live sessions, each an acquisition process and a worker process) and
+``sessions`` (live sessions, each an acquisition process and a worker process),
 ``presentations`` (stimulus presentations in the browser, their markers on
-``<stream>-markers``). At shutdown the lifespan stops them in reverse order, each
-within ``settings.stop_timeout_s``: presentations (a running one stopped, its files
+``<stream>-markers``) and ``calibrations`` (present, record, adapt, hot-swap: a new
+person's calibration). At shutdown the lifespan stops them in reverse order, each
+within ``settings.stop_timeout_s``: calibrations, presentations (a running one stopped, its files
 written, the markers outlets withdrawn), sessions (their folders closed with every
 sample), replays, then the hub's clients.
 """
@@ -26,13 +27,14 @@ from starlette.concurrency import run_in_threadpool
 
 from glimpse.streaming.version import glimpse_version
 
+from ..calibration import CalibrationManager
 from ..catalog import Catalog
 from ..present import PresentationManager
 from ..replays import ReplayManager
 from ..roots import DataRoots
 from ..sessions.manager import SessionManager
 from ..settings import Settings
-from . import catalog, metrics, present, replays, sessions, ws
+from . import calibrations, catalog, metrics, present, replays, sessions, ws
 from .auth import BodyLimit
 from .errors import install_error_handlers
 from .hub import Hub
@@ -59,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("glimpse %s serving data roots %s", glimpse_version(), state.roots)
         yield
         timeout = settings.stop_timeout_s
-        for what, stop in (("presentations", lambda _: state.presentations.close()),
+        for what, stop in (("calibrations", state.calibrations.close),
+                           ("presentations", lambda _: state.presentations.close()),
                            ("sessions", state.sessions.stop_all), ("replays", state.replays.stop_all)):
             try:
                 await asyncio.wait_for(run_in_threadpool(stop, timeout), timeout + 5.0)
@@ -87,10 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   stop_timeout=settings.stop_timeout_s)
     state.presentations = PresentationManager(
         state.roots, state.catalog, state.roots.sessions_dir(settings.sessions_dir) / "presentations")
+    state.calibrations = CalibrationManager(
+        state.roots, state.catalog, state.sessions, state.presentations,
+        lambda sid, m: state.hub.publish(sid, m),
+        calibrations_dir=state.roots.sessions_dir(settings.sessions_dir) / "calibrations",
+        threads=settings.threads, log_level=_child_log_level())
     state.metrics = metrics.make_registry(state)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
-    for module in (metrics, catalog, replays, sessions, present, ws):
+    for module in (metrics, catalog, replays, sessions, present, calibrations, ws):
         app.include_router(module.router)
     # The viewer: static files, no build step; after the routers so /api wins.
     app.mount("/", StaticFiles(directory=str(files("glimpse.web")), html=True), name="web")

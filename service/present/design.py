@@ -12,6 +12,14 @@ without one, an immediate repeat of the image just shown (a one-back task); the
 subject presses ``response_key`` (a ``KeyboardEvent.code``, "Space" by default). Two
 catch trials never follow each other and none comes first.
 
+One design may also hold held-out images (``test_folder``: trial_type "test", each
+shown ``test_repeats`` times) beside the calibration images of ``folder`` (trial_type
+"exp"), interleaved at seeded places as THINGS-MEG interleaves its test images, or in
+a block after them (``mix``). ``n_trials`` asks for exactly that many trials of the
+folder's images (whole shuffled passes over them, the last one cut), and
+``first_trial`` keeps the design's trials from that index on: the rest of a run that
+stopped, re-timed from the lead-in (a calibration that resumes).
+
 Files are only ever taken from the data roots (:class:`~glimpse.service.roots.DataRoots`):
 every image path is resolved, symlinks followed, before it enters a design.
 """
@@ -21,7 +29,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +74,16 @@ class PresentationRequest(BaseModel):
     recursive: bool = True
     ignore_other_files: bool = Field(False, description="skip files that are not images instead of refusing the folder")
     repeats: int = Field(1, ge=1, le=100)
+    n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS,
+                                 description="exactly this many trials of the images (instead of repeats)")
     trial_type: Literal["exp", "test"] = "exp"
+    test_folder: str | None = Field(None, description="held-out images (trial_type test) inside the data roots")
+    test_max_images: int | None = Field(None, ge=1, le=MAX_TRIALS,
+                                        description="a seeded sample of at most this many held-out images")
+    test_repeats: int = Field(1, ge=1, le=100, description="times each held-out image is shown")
+    mix: Literal["interleaved", "blocks"] = Field(
+        "interleaved", description="held-out trials at seeded places among the others, or in a block after them")
+    first_trial: int = Field(0, ge=0, le=MAX_TRIALS, description="the design's trials from this index on (resume)")
     image_ms: float = Field(500.0, ge=10.0, le=10_000.0)
     fixation_ms: float = Field(1000.0, ge=0.0, le=10_000.0)
     jitter_ms: float = Field(200.0, ge=0.0, le=5_000.0)
@@ -89,18 +106,24 @@ class PresentationRequest(BaseModel):
             raise ValueError(f"exactly one of folder or gallery, not {given}")
         if self.jitter_ms > self.fixation_ms:
             raise ValueError(f"jitter_ms ({self.jitter_ms:g}) at most fixation_ms ({self.fixation_ms:g})")
+        if self.n_trials is not None and self.repeats != 1:
+            raise ValueError(f"either repeats ({self.repeats}) or n_trials ({self.n_trials}), not both")
+        if self.test_folder is not None and self.trial_type != "exp":
+            raise ValueError('trial_type "exp" with a test_folder (its images are the "test" trials)')
         return self
 
 
 @dataclass(frozen=True)
 class Stimulus:
-    """One image of a design: ``id`` (its path in the folder, or its gallery id), real path."""
+    """One image of a design: ``id`` (its path in the folder, or its gallery id; held-out
+    images "test/<path>", catch images "catch/<path>"), real path."""
 
     index: int
     id: str
     path: Path
     concept: str
     catch: bool = False
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,10 +159,11 @@ class Design:
     def to_dict(self, url_of=lambda stimulus: None) -> dict[str, Any]:
         """The design as JSON: settings, stimuli (real paths, ``url_of(stimulus)``), trials."""
         stimuli = [{"index": s.index, "id": s.id, "stim_file": str(s.path), "concept": s.concept,
-                    "catch": s.catch, "url": url_of(s)} for s in self.stimuli]
+                    "catch": s.catch, "test": s.test, "url": url_of(s)} for s in self.stimuli]
         return {"settings": self.request.model_dump(mode="json"), "stimuli": stimuli,
                 "trials": [asdict(t) for t in self.trials], "n_trials": len(self.trials),
-                "n_catch": sum(t.catch for t in self.trials), "duration_ms": self.duration_ms,
+                "n_catch": sum(t.catch for t in self.trials),
+                "n_test": sum(t.trial_type == "test" for t in self.trials), "duration_ms": self.duration_ms,
                 "catch_task": _catch_task(self.request, sum(t.catch for t in self.trials))}
 
     @classmethod
@@ -147,7 +171,8 @@ class Design:
         """Back from :meth:`to_dict` (a presentation folder's design.json)."""
         request = PresentationRequest.model_validate(data["settings"])
         stimuli = tuple(Stimulus(index=s["index"], id=s["id"], path=Path(s["stim_file"]),
-                                 concept=s["concept"], catch=s["catch"]) for s in data["stimuli"])
+                                 concept=s["concept"], catch=s["catch"], test=s.get("test", False))
+                        for s in data["stimuli"])
         return cls(request, stimuli, tuple(DesignTrial(**t) for t in data["trials"]))
 
 
@@ -173,7 +198,8 @@ def build_design(request: PresentationRequest, roots, catalog) -> Design:
         Finds a gallery by id or path.
 
     Raises InputError naming the problem: an empty folder, files that are not images,
-    ids that are not in the folder or gallery, more trials than :data:`MAX_TRIALS`.
+    ids that are not in the folder or gallery, more trials than :data:`MAX_TRIALS`, a
+    ``first_trial`` past the design's end.
     """
     if request.folder is not None:
         found = folder_images(roots, request.folder, recursive=request.recursive,
@@ -181,14 +207,36 @@ def build_design(request: PresentationRequest, roots, catalog) -> Design:
     else:
         found = _gallery_images(roots, catalog, request.gallery)
     found = _select(found, request, roots)
+    test_found: list[tuple[str, Path]] = []
+    if request.test_folder is not None:
+        test_found = folder_images(roots, request.test_folder, recursive=request.recursive,
+                                   ignore_other_files=request.ignore_other_files)
+        if request.test_max_images is not None and len(test_found) > request.test_max_images:
+            keep = sorted(random.Random(request.seed + 1).sample(range(len(test_found)), request.test_max_images))
+            test_found = [test_found[k] for k in keep]
+    _check_count(request, len(found), len(test_found))
     catch_found: list[tuple[str, Path]] = []
     if request.catch_folder is not None and request.catch_rate > 0:
         catch_found = folder_images(roots, request.catch_folder, recursive=request.recursive,
                                     ignore_other_files=request.ignore_other_files)
     stimuli = [Stimulus(i, sid, path, _concept(sid, path)) for i, (sid, path) in enumerate(found)]
-    stimuli += [Stimulus(len(found) + i, f"catch/{sid}", path, _concept(sid, path), catch=True)
+    stimuli += [Stimulus(len(stimuli) + i, f"test/{sid}", path, _concept(sid, path), test=True)
+                for i, (sid, path) in enumerate(test_found)]
+    stimuli += [Stimulus(len(stimuli) + i, f"catch/{sid}", path, _concept(sid, path), catch=True)
                 for i, (sid, path) in enumerate(catch_found)]
-    return Design(request, tuple(stimuli), tuple(_trials(request, stimuli)))
+    trials = _trials(request, stimuli)
+    if request.first_trial:
+        trials = _rest(request, trials)
+    return Design(request, tuple(stimuli), tuple(trials))
+
+
+def _check_count(request: PresentationRequest, n_images: int, n_test: int) -> None:
+    n_main = request.n_trials if request.n_trials is not None else n_images * request.repeats
+    n_trials = (n_main + n_test * request.test_repeats) * (1 + request.catch_rate)
+    if n_trials > MAX_TRIALS:
+        raise InputError(f"at most {MAX_TRIALS} trials", f"about {n_trials:.0f} ({n_main} image trials, "
+                         f"{n_test} held-out images x {request.test_repeats} + catch trials)",
+                         "set max_images, n_trials or fewer repeats")
 
 
 def _concept(stim_id: str, path: Path) -> str:
@@ -294,10 +342,6 @@ def _select(found: list[tuple[str, Path]], request: PresentationRequest,
     if request.max_images is not None and len(found) > request.max_images:
         keep = sorted(random.Random(request.seed).sample(range(len(found)), request.max_images))
         found = [found[k] for k in keep]
-    n_trials = len(found) * request.repeats * (1 + request.catch_rate)
-    if n_trials > MAX_TRIALS:
-        raise InputError(f"at most {MAX_TRIALS} trials", f"about {n_trials:.0f} ({len(found)} images x "
-                         f"{request.repeats} repeats + catch trials)", "set max_images or fewer repeats")
     if request.gallery is not None:  # folder images were resolved and checked as they were listed
         missing = [i for i, p in found if not p.exists()]
         if missing:
@@ -315,13 +359,25 @@ def _select(found: list[tuple[str, Path]], request: PresentationRequest,
 
 
 def _trials(request: PresentationRequest, stimuli: list[Stimulus]) -> list[DesignTrial]:
-    """Images x repeats in a seeded order (no image twice in a row), catch trials inserted."""
+    """Images x repeats in a seeded order (no image twice in a row), held-out images mixed
+    in, catch trials inserted."""
     rng = random.Random(request.seed)
-    main = [s for s in stimuli if not s.catch]
+    main = [s for s in stimuli if not s.catch and not s.test]
     catch_images = [s for s in stimuli if s.catch]
-    order = [s.index for s in main for _ in range(request.repeats)]
-    rng.shuffle(order)
-    _spread_repeats(order, rng)
+    order = _main_order(request, [s.index for s in main], rng)
+    test = [s.index for s in stimuli if s.test for _ in range(request.test_repeats)]
+    if test:
+        rng.shuffle(test)
+        if request.mix == "blocks":  # each block spread on its own: no test image moves up
+            _spread_repeats(order, rng)
+            _spread_repeats(test, rng)
+            order = order + test
+        else:  # seeded places among the others, as THINGS-MEG spreads its test images
+            places = set(rng.sample(range(len(order) + len(test)), len(test)))
+            rest, held = iter(order), iter(test)
+            order = [next(held) if k in places else next(rest) for k in range(len(order) + len(test))]
+    if not (test and request.mix == "blocks"):
+        _spread_repeats(order, rng)
     n_catch = round(request.catch_rate * len(order))
     if request.catch_folder is not None and not catch_images:
         n_catch = 0
@@ -339,11 +395,46 @@ def _trials(request: PresentationRequest, stimuli: list[Stimulus]) -> list[Desig
     for i, (stimulus, catch) in enumerate(sequence):
         isi = request.fixation_ms + rng.uniform(-request.jitter_ms, request.jitter_ms)
         isi = round(max(isi, 0.0), 1)
-        trials.append(DesignTrial(index=i, stimulus=stimulus.index, stim_id=stimulus.id,
-                                  trial_type="catch" if catch else request.trial_type, catch=catch,
+        kind = "catch" if catch else "test" if stimulus.test else request.trial_type
+        trials.append(DesignTrial(index=i, stimulus=stimulus.index, stim_id=stimulus.id, trial_type=kind, catch=catch,
                                   image_ms=request.image_ms, isi_ms=isi, planned_onset_ms=round(onset, 1)))
         onset += request.image_ms + isi
     return trials
+
+
+def _main_order(request: PresentationRequest, indices: list[int], rng: random.Random) -> list[int]:
+    """The folder's images x repeats, shuffled; with ``n_trials``, whole shuffled passes
+    over the images (each shown k or k+1 times), the last pass cut."""
+    if request.n_trials is None:
+        order = [i for i in indices for _ in range(request.repeats)]
+        rng.shuffle(order)
+        return order
+    order: list[int] = []
+    while len(order) < request.n_trials:
+        block = list(indices)
+        rng.shuffle(block)
+        order += block
+    return order[:request.n_trials]
+
+
+def _rest(request: PresentationRequest, trials: list[DesignTrial]) -> list[DesignTrial]:
+    """Trials ``first_trial`` on, numbered from 0 and re-timed from the lead-in; a catch
+    trial that would come first is dropped (its one-back image was in the other run)."""
+    n = len(trials)
+    if request.first_trial >= n:
+        raise InputError(f"first_trial below the design's {n} trials", str(request.first_trial),
+                         "resume from a trial that was not shown (or create a new design)")
+    rest = list(trials[request.first_trial:])
+    while rest and rest[0].catch:
+        rest.pop(0)
+    if not rest:
+        raise InputError(f"image trials from first_trial {request.first_trial} on", "catch trials only",
+                         "nothing is left to show: the run had ended")
+    out, onset = [], request.lead_in_ms
+    for i, t in enumerate(rest):
+        out.append(replace(t, index=i, planned_onset_ms=round(onset, 1)))
+        onset += t.image_ms + t.isi_ms
+    return out
 
 
 def _spread_repeats(order: list[int], rng: random.Random, tries: int = 64) -> None:

@@ -184,6 +184,55 @@ def test_bad_designs_say_what_is_wrong(root):
         PresentationRequest(stream="s", folder="images", image_duration=3)
 
 
+def test_held_out_images_are_test_trials_interleaved_or_in_a_block(root):
+    design = _design(root, test_folder="catch", test_repeats=3, catch_rate=0, seed=2)
+    kinds = [t.trial_type for t in design.trials]
+    assert kinds.count("exp") == 6 and kinds.count("test") == 6
+    test_ids = {t.stim_id for t in design.trials if t.trial_type == "test"}
+    assert test_ids == {"test/catch_00.png", "test/catch_01.png"}
+    assert all(design.stimuli[t.stimulus].test == (t.trial_type == "test") for t in design.trials)
+    assert all(a.stim_id != b.stim_id for a, b in zip(design.trials, design.trials[1:]))
+    first_test = kinds.index("test")
+    assert first_test < len(kinds) - 1 - kinds[::-1].index("exp")  # mixed in, not after
+    data = design.to_dict()
+    assert data["n_test"] == 6 and sum(s["test"] for s in data["stimuli"]) == 2
+    assert type(design).from_dict(json.loads(json.dumps(data))).trials == design.trials
+    blocks = _design(root, test_folder="catch", test_repeats=3, catch_rate=0, mix="blocks")
+    assert [t.trial_type for t in blocks.trials] == ["exp"] * 6 + ["test"] * 6
+    assert _design(root, test_folder="catch", test_max_images=1, catch_rate=0).to_dict()["n_test"] == 1
+    with pytest.raises(ValidationError, match='trial_type "exp" with a test_folder'):
+        PresentationRequest(stream="s", folder="images", test_folder="catch", trial_type="test")
+
+
+def test_n_trials_cycles_the_images_and_excludes_repeats(root):
+    design = _design(root, n_trials=14, catch_rate=0, seed=1)
+    counts = {}
+    for t in design.trials:
+        counts[t.stim_id] = counts.get(t.stim_id, 0) + 1
+    assert len(design.trials) == 14 and len(counts) == 6 and set(counts.values()) <= {2, 3}
+    assert all(a.stim_id != b.stim_id for a, b in zip(design.trials, design.trials[1:]))
+    with pytest.raises(ValidationError, match="either repeats"):
+        PresentationRequest(stream="s", folder="images", n_trials=10, repeats=2)
+    with pytest.raises(InputError, match="at most 20000 trials"):
+        _design(root, test_folder="catch", test_repeats=100, n_trials=19_990)
+
+
+def test_first_trial_keeps_the_rest_of_the_design_retimed(root):
+    fields = dict(repeats=2, catch_rate=0.25, seed=5, test_folder="catch", test_repeats=2)
+    full = _design(root, **fields).trials
+    for k in range(1, len(full)):
+        rest = _design(root, first_trial=k, **fields).trials
+        expected = list(full[k:])
+        while expected[0].catch:
+            expected.pop(0)
+        assert [(t.stim_id, t.trial_type, t.isi_ms) for t in rest] == \
+            [(t.stim_id, t.trial_type, t.isi_ms) for t in expected]
+        assert [t.index for t in rest] == list(range(len(rest))) and rest[0].planned_onset_ms == 1000.0
+        assert not rest[0].catch
+    with pytest.raises(InputError, match=f"first_trial below the design's {len(full)} trials"):
+        _design(root, first_trial=len(full), **fields)
+
+
 # --------------------------------------------------------------------------- trial records
 
 

@@ -9,6 +9,7 @@ import { bindKeys, renderHelp } from "./keys.js";
 import { Panel } from "./panel.js";
 import { Socket } from "./socket.js";
 import { LIVE_STATES, Store } from "./state.js";
+import { toast } from "./toast.js";
 import { restoreCookie, storedToken } from "./token.js";
 
 export const MAX_PANELS = 4;
@@ -29,11 +30,16 @@ function wsUrl() {
 
 const socket = new Socket({
   url: wsUrl,
-  onMessage: (msg) => (msg.type === "hello" ? hello(msg) : store.handle(msg)),
+  onMessage: (msg) => (msg.type === "hello" ? hello(msg) : (calibrationNote(msg), store.handle(msg))),
   onState: (state) => Object.assign(store.conn, state),
   onRefused: () => api.get("/api/health", { quiet: true }).catch(() => null), // a 401 asks for the token
 });
 const header = new Header(store, socket.clock);
+
+/** A calibration's steps on a session (presenting, adapted, swapped): a short note. */
+function calibrationNote(msg) {
+  if (msg.type === "event" && msg.event === "calibration") toast(msg.message, {}, "info");
+}
 
 /** The service (re)connected: follow its sessions; ours that it forgot are gone. */
 function hello(msg) {
