@@ -49,6 +49,7 @@ import pylsl
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import InputError, NotFound, TooLarge
+from .wsjson import decode_message, short
 
 __all__ = ["PROTOCOL_VERSION", "Client", "Hub", "Pong", "encode", "kind_of"]
 
@@ -262,7 +263,7 @@ class Hub:
             return  # not bound: no client can be connected
         try:
             if not isinstance(message.get("type"), str):
-                raise TypeError(f'no "type" in {_short(message)}')
+                raise TypeError(f'no "type" in {short(message)}')
             text = encode(message)
         except (TypeError, ValueError) as error:  # the publisher's bug: its thread goes on
             with self._lock:
@@ -451,49 +452,26 @@ class Hub:
                 del self._subscribers[session_id]
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_client_message(message: dict, max_bytes: int) -> dict:
     """One ASGI receive event -> a checked client request; InputError (TooLarge) otherwise."""
-    text, data = message.get("text"), message.get("bytes")
-    size = len(text.encode("utf-8", "surrogatepass")) if text is not None else len(data or b"")
-    if size > max_bytes:
-        raise TooLarge(f"a message of at most {max_bytes} bytes", f"{size} bytes",
-                       "send subscribe, unsubscribe or ping messages only")
-    expected = 'a JSON object with "type" one of ' + ", ".join(_CLIENT_TYPES)
-    if text is None:
-        raise InputError(expected, f"a binary message of {size} bytes", "send JSON as a text message")
-    try:
-        request = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise InputError(expected, f"text that is not JSON ({error}): {_short(text)}",
-                         "send one JSON object per message") from None
-    if not isinstance(request, dict) or request.get("type") not in _CLIENT_TYPES:
-        got = (f"type {_short(request.get('type'))}" if isinstance(request, dict)
-               else f"a JSON {type(request).__name__}")
-        raise InputError(expected, got, 'e.g. {"type": "subscribe", "sessions": ["<id>"]}')
+    request = decode_message(message, max_bytes, _CLIENT_TYPES,
+                             too_large_fix="send subscribe, unsubscribe or ping messages only",
+                             example='{"type": "subscribe", "sessions": ["<id>"]}')
     if request["type"] == "ping":
         return _check_ping(request)
     sessions = request.get("sessions")
     if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
         raise InputError(f'"sessions": a list of session ids in a {request["type"]} message',
-                         _short(sessions), f'e.g. {{"type": "{request["type"]}", "sessions": ["<id>"]}}')
+                         short(sessions), f'e.g. {{"type": "{request["type"]}", "sessions": ["<id>"]}}')
     return {"type": request["type"], "sessions": sessions}
 
 
 def _check_ping(request: dict) -> dict:
     ping_id, t1 = request.get("id"), request.get("t1")
     if not isinstance(ping_id, int) or isinstance(ping_id, bool):
-        raise InputError('"id": an integer in a ping', _short(ping_id), "number the pings 0, 1, 2, ...")
+        raise InputError('"id": an integer in a ping', short(ping_id), "number the pings 0, 1, 2, ...")
     number = isinstance(t1, (int, float)) and not isinstance(t1, bool)
     if not (number and abs(t1) < 1e300 and math.isfinite(t1)):  # a huge int overflows float
-        raise InputError('"t1": the browser clock in ms (a finite number) in a ping', _short(t1),
+        raise InputError('"t1": the browser clock in ms (a finite number) in a ping', short(t1),
                          "send performance.timeOrigin + performance.now()")
     return {"type": "ping", "id": ping_id, "t1": float(t1)}
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -20,19 +20,14 @@ and the socket stays open.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InputError, TooLarge
+from ..api.wsjson import decode_message, short
+from ..errors import InputError
 
 __all__ = ["CLIENT_TYPES", "error_reply", "parse_message"]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _number(value: Any) -> bool:
@@ -85,23 +80,9 @@ CLIENT_TYPES = tuple(_MESSAGES)
 def parse_message(message: dict, max_bytes: int) -> dict[str, Any]:
     """One ASGI receive event -> a checked request (only the known fields); InputError
     (TooLarge over ``max_bytes``) otherwise."""
-    text, data = message.get("text"), message.get("bytes")
-    size = len(text.encode("utf-8", "surrogatepass")) if text is not None else len(data or b"")
-    if size > max_bytes:
-        raise TooLarge(f"a message of at most {max_bytes} bytes", f"{size} bytes",
-                       "send one event per message; keep the report to summary figures")
-    expected = 'a JSON object with "type" one of ' + ", ".join(CLIENT_TYPES)
-    if text is None:
-        raise InputError(expected, f"a binary message of {size} bytes", "send JSON as a text message")
-    try:
-        request = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise InputError(expected, f"text that is not JSON ({error}): {_short(text)}",
-                         "send one JSON object per message") from None
-    if not isinstance(request, dict) or request.get("type") not in _MESSAGES:
-        got = (f"type {_short(request.get('type'))}" if isinstance(request, dict)
-               else f"a JSON {type(request).__name__}")
-        raise InputError(expected, got, 'e.g. {"type": "ping", "id": 0, "t1": 1.7e12}')
+    request = decode_message(message, max_bytes, tuple(_MESSAGES),
+                             too_large_fix="send one event per message; keep the report to summary figures",
+                             example='{"type": "ping", "id": 0, "t1": 1.7e12}')
     kind = request["type"]
     checked: dict[str, Any] = {"type": kind}
     example = _EXAMPLES.get(kind, f'{{"type": "{kind}", ...}} as the protocol describes')
@@ -116,14 +97,10 @@ def _field(request: dict, kind: str, field: str, rule: str, example: str) -> Any
     what, ok = _RULES[rule]
     value = request.get(field)
     if field not in request or not ok(value):
-        got = "nothing" if field not in request else _short(value)
+        got = "nothing" if field not in request else short(value)
         article = "an" if kind[0] in "aeiou" else "a"
         raise InputError(f'"{field}": {what} in {article} {kind} message', got, f"send e.g. {example}")
     return float(value) if rule in ("number", "ms", "lsl", "nonneg") else value
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
 
 
 def error_reply(error: InputError) -> dict[str, Any]:
