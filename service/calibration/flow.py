@@ -20,7 +20,7 @@ presentation on the same session: from the first trial not validly shown, less t
 trials shown in the last ``LOST_MARGIN_S`` before the loss was seen (their signal
 may be missing). Both presentations' valid trials are the calibration's data; the
 adaptation reads the one session folder and keeps those trials only
-(:mod:`.trials`). ``adapt`` (from interrupted) adapts on what was recorded so far.
+(:mod:`glimpse.service.calibration.trials`). ``adapt`` (from interrupted) adapts on what was recorded so far.
 """
 
 from __future__ import annotations
