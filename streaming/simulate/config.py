@@ -21,8 +21,9 @@ DEFAULT_SFREQ = {"meg": 1200.0, "eeg": 1000.0}
 
 #: Bumped when the same config writes different data (the physics or the noise changed),
 #: so that caches keyed by the config (the demo's session, the benches') are remade.
-#: Sessions that record none are version 1.
-SIMULATOR_VERSION = 1
+#: Sessions that record none are version 1. 2: the brain background is 1/f**1.5 (was 1/f),
+#: the 2-40 Hz slope of real MEG (streaming.simulate.spectrum).
+SIMULATOR_VERSION = 2
 
 
 def _flag(name: str) -> str:
