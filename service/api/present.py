@@ -14,7 +14,9 @@ upgrade) and speaks :mod:`glimpse.service.present.protocol`: pings answered at o
 (t2 at receive, t3 at send, on ``pylsl.local_clock()``), the page's events applied by
 :class:`~glimpse.service.present.Presentation`. Bad messages are answered with an
 error and the socket stays open; more than ``MAX_BAD_MESSAGES`` close it (1008), one
-over the size limit too (1009). The app holds a
+over the size limit too (1009). A message to a presentation the service ended
+itself (a cancelled calibration, a lost stream) is answered with ``{"type": "ended",
+"state", "reason"}`` and the socket closes (1000): the page stops its run. The app holds a
 :class:`~glimpse.service.present.PresentationManager` as ``app.state.presentations``.
 """
 
@@ -155,6 +157,11 @@ async def _serve(websocket: WebSocket, presentation, conn: object, pong_delay_s:
             await websocket.close(CLOSE_TOO_BIG, "message too big")
             return
         except InputError as error:
+            if presentation.finished:  # the service ended it (a cancelled calibration, a lost stream)
+                await websocket.send_text(json.dumps({"type": "ended", "state": presentation.state,
+                                                      "reason": presentation.stopped_reason}))
+                await websocket.close(1000, "the presentation ended")
+                return
             n_bad += 1
             logger.info("presentation %s: bad message: %s", presentation.id, error)
             await websocket.send_text(json.dumps(error_reply(error)))

@@ -244,6 +244,24 @@ def test_a_window_that_loses_focus_stops_the_run(service, browser):
     assert [r["trial"] for r in rows if r["invalid_reason"] == "the window lost focus"] == state["touched"]
 
 
+def test_a_presentation_the_service_ends_stops_the_page_run(service, browser):
+    app, url, client = service
+    created = _create(client, f"present-{uuid.uuid4().hex[:8]}", catch_rate=0)
+    context, page, errors = _open(browser, url, created["id"])
+    page.click("#start")
+    page.wait_for_function("window.glimpsePresent.onsets.length >= 2", timeout=RUN_MS)
+    app.state.presentations.get(created["id"]).close("the calibration was cancelled")  # as the flow does
+    assert _wait_end(page) == "stopped"
+    reason = page.evaluate("window.glimpsePresent.stopReason")
+    assert reason == "the service ended the presentation: the calibration was cancelled"
+    assert "the calibration was cancelled" in page.inner_text("#stop-reason")
+    shown = page.evaluate("window.glimpsePresent.onsets.length")
+    assert shown < len(created["design"]["trials"]) and not errors, errors
+    presentation = client.get(f"/api/presentations/{created['id']}").json()
+    assert presentation["state"] == "stopped" and presentation["stopped_reason"] == "the calibration was cancelled"
+    context.close()
+
+
 def test_slow_clock_sync_warns_on_the_page_and_in_the_report(service, browser):
     app, url, client = service
     created = _create(client, f"present-{uuid.uuid4().hex[:8]}", catch_rate=0, max_images=2)

@@ -13,7 +13,7 @@ export class PresentLink {
   /**
    * @param {string} id  the presentation
    * @param {import("./sync.js").OffsetEstimator} estimator
-   * @param {{onError?: Function, onClose?: Function, onReply?: Function}} handlers
+   * @param {{onError?: Function, onClose?: Function, onEnded?: Function, onReply?: Function}} handlers
    */
   constructor(id, estimator, handlers = {}) {
     this.id = id;
@@ -67,6 +67,10 @@ export class PresentLink {
         this.pings.delete(message.id);
         pending.resolve(true);
       }
+      return;
+    }
+    if (message.type === "ended") { // the service ended the presentation (a cancelled calibration)
+      if (this.handlers.onEnded) this.handlers.onEnded(message);
       return;
     }
     if (message.type === "error") {

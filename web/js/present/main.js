@@ -79,6 +79,7 @@ async function load(id) {
     + `markers on ${presentation.markers_stream}`;
   link = new PresentLink(id, estimator, {
     onError: (m) => { page.errors.push(m.message); toast("The service refused a message", m); },
+    onEnded: (m) => { if (run) run.stop(`the service ended the presentation: ${m.reason || m.state}`); },
     onClose: () => { if (run) run.stop("lost the connection to the service"); },
     onReply: (m) => {
       if (m.type === "marker") page.markers_acked += 1;
@@ -162,10 +163,12 @@ async function finish(result) {
   const touched = result.touched.join(", ") || "none";
   $("stop-reason").textContent = result.reason ? `Stopped: ${result.reason}; trial(s) ${touched} marked invalid.` : "";
   $("stop-reason").hidden = !result.reason;
-  try {
-    page.summary = await link.request({ type: "report", report }, "summary");
-  } catch (err) {
-    page.errors.push(`the report did not reach the service: ${err.message}`);
+  if (link.isOpen) { // else the service ended the run itself and kept its own record
+    try {
+      page.summary = await link.request({ type: "report", report }, "summary");
+    } catch (err) {
+      page.errors.push(`the report did not reach the service: ${err.message}`);
+    }
   }
   renderReport(report, page.summary);
   link.close();
