@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -57,6 +56,7 @@ import pylsl
 from .errors import InputError
 from .outlet import INDEX_CHANNEL, SignalOutlet, si_units, signal_info
 from .recordings import Recording, open_recording
+from .stop_signals import StopSignals
 
 logger = logging.getLogger("glimpse.streaming.replay")
 
@@ -418,40 +418,25 @@ def run_replay(recording: str | os.PathLike | Recording, **options: Any) -> dict
     raised here.
     """
     replay = Replay(recording, **options)
-    requested = threading.Event()
-    stopped_by = ["end of recording"]
-
-    def on_signal(signum, _frame):
-        stopped_by[0] = signal.Signals(signum).name
-        requested.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        replay.start()
-        gaps = sum(s.gap_before is None or s.gap_before > 0 for s in replay.segments[1:])
-        logger.info("replaying %s as LSL stream %r (source_id %s, %d channels at %g Hz) and %r "
-                    "(%d trials); speed %gx, a chunk every %g ms%s%s; Ctrl-C stops",
-                    replay.recording.path, replay.name, replay.source_id, replay.n_chans,
-                    replay.sfreq, f"{replay.name}-markers", len(replay._trial_samples),
-                    replay.speed, replay.chunk_ms, f", {gaps} discontinuities" if gaps else "",
-                    ", looping" if replay.loop else "")
+    with StopSignals("end of recording") as stop:
         try:
-            while not replay.wait(0.1) and not requested.is_set():
+            replay.start()
+            gaps = sum(s.gap_before is None or s.gap_before > 0 for s in replay.segments[1:])
+            logger.info("replaying %s as LSL stream %r (source_id %s, %d channels at %g Hz) and %r "
+                        "(%d trials); speed %gx, a chunk every %g ms%s%s; Ctrl-C stops",
+                        replay.recording.path, replay.name, replay.source_id, replay.n_chans,
+                        replay.sfreq, f"{replay.name}-markers", len(replay._trial_samples),
+                        replay.speed, replay.chunk_ms, f", {gaps} discontinuities" if gaps else "",
+                        ", looping" if replay.loop else "")
+            while not replay.wait(0.1) and not stop.requested.is_set():
                 pass
-        except KeyboardInterrupt:  # SIGINT outside the main thread's handler
-            stopped_by[0] = "SIGINT"
-        if not requested.is_set() and replay.error is None and stopped_by[0] == "end of recording":
-            time.sleep(_LINGER_S)
-    finally:
-        replay.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if not stop.requested.is_set() and replay.error is None:
+                time.sleep(_LINGER_S)
+        finally:
+            replay.stop()
     if replay.error is not None:
         raise replay.error
-    return {**replay.stats(), "stopped_by": stopped_by[0]}
+    return {**replay.stats(), "stopped_by": stop.by}
 
 
 def format_summary(stats: dict[str, Any]) -> str:

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import InputError
 from ..lsl import describe, find_markers, open_inlet
 from ..outlet import INDEX_CHANNEL, SignalOutlet, si_units, signal_info
+from ..stop_signals import StopSignals
 from .config import SimulationConfig
 from .person import Evoked, PersonSignal, SimulatedPerson, World, load_world
 from .stimuli import Stimulus
@@ -411,40 +411,27 @@ def run_live_person(*, name: str = "glimpse-sim", subject_seed: int = 0, config:
 
 
 def _run_until_stopped(person: LivePerson, built: World, duration: float | None) -> dict[str, Any]:
-    requested, stopped_by = threading.Event(), ["duration"]
-
-    def on_signal(signum, _frame):
-        stopped_by[0] = signal.Signals(signum).name
-        requested.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        config = built.config
-        logger.info("simulated person: subject seed %d (subject_index %d) of the %s world (seed %d, %s); "
-                    "LSL stream %r (%s, %d channels + %s at %g Hz, source_id %s) answers the images on %r; %s",
-                    person.person.subject_seed, person.person.subject_index, config.modality.upper(),
-                    config.seed, f"from {built.root}" if built.root is not None else "default config",
-                    person.name, config.modality.upper(), built.n_chans, INDEX_CHANNEL, person.sfreq,
-                    person.source_id, person.markers_name,
-                    f"for {duration:g} s" if duration else "Ctrl-C stops")
-        person.start()
-        deadline = None if duration is None else time.monotonic() + duration
+    with StopSignals("duration") as stop:
         try:
-            while not requested.wait(0.1) and person.running:
+            config = built.config
+            logger.info("simulated person: subject seed %d (subject_index %d) of the %s world (seed %d, %s); "
+                        "LSL stream %r (%s, %d channels + %s at %g Hz, source_id %s) answers the images on "
+                        "%r; %s", person.person.subject_seed, person.person.subject_index,
+                        config.modality.upper(), config.seed,
+                        f"from {built.root}" if built.root is not None else "default config",
+                        person.name, config.modality.upper(), built.n_chans, INDEX_CHANNEL, person.sfreq,
+                        person.source_id, person.markers_name,
+                        f"for {duration:g} s" if duration else "Ctrl-C stops")
+            person.start()
+            deadline = None if duration is None else time.monotonic() + duration
+            while not stop.requested.wait(0.1) and person.running:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-        except KeyboardInterrupt:  # SIGINT outside the main thread's handler
-            stopped_by[0] = "SIGINT"
-    finally:
-        person.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        finally:
+            person.stop()
     if person.error is not None:
         raise person.error
-    return {**person.stats(), "stopped_by": stopped_by[0]}
+    return {**person.stats(), "stopped_by": stop.by}
 
 
 def format_live_summary(stats: dict[str, Any]) -> str:

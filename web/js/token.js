@@ -25,14 +25,32 @@ function writeCookie(token) {
 
 let asking = null;
 
+/** The token dialog, made on first use (every page shares it; none carries its markup). */
+function tokenDialog() {
+  let dialog = document.getElementById("token-dialog");
+  if (dialog) return dialog;
+  dialog = document.createElement("dialog");
+  dialog.id = "token-dialog";
+  dialog.setAttribute("aria-label", "service token");
+  dialog.innerHTML = `<form>
+      <h2>Token</h2>
+      <p class="reason"></p>
+      <input type="text" name="username" value="glimpse" autocomplete="username" hidden>
+      <label>token <input type="password" name="token" autocomplete="current-password" required></label>
+      <button type="submit" class="primary">Connect</button>
+    </form>`;
+  document.body.append(dialog);
+  return dialog;
+}
+
 /**
- * Ask for the token with the page's dialog; concurrent 401s share one question.
+ * Ask for the token in a dialog; concurrent 401s share one question.
  * @param {string} reason  shown above the field ("this service needs a token", "that token was refused")
  * @param {() => void} counted  called once per question actually shown
  */
 export function askToken(reason, counted) {
   if (asking) return asking;
-  const dialog = document.getElementById("token-dialog");
+  const dialog = tokenDialog();
   const form = dialog.querySelector("form");
   const input = dialog.querySelector("input[name=token]");
   dialog.querySelector(".reason").textContent = reason;
