@@ -69,8 +69,8 @@ logger = logging.getLogger("glimpse.models.train")
 
 __all__ = ["DEFAULT_SIZES", "MODEL_NAMES", "TrainConfig", "TrainResult", "train"]
 
-#: Brain-encoder sizes of the default run (see the module docstring).
-DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64}
+#: Brain-encoder architecture of the default run (see the module docstring).
+DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64, "demean": True}
 _EVAL_BATCH = 512
 
 
@@ -129,7 +129,7 @@ def _build_model(config: TrainConfig, data: SessionData, embed_dim: int, n_times
     return baselines.build_model(config.model, options)
 
 
-_TRUNK_KEYS = ("spatial_channels", "fourier_k", "hidden", "n_blocks", "kernel_size", "glu_kernel")
+_TRUNK_KEYS = ("spatial_channels", "fourier_k", "hidden", "n_blocks", "kernel_size", "glu_kernel", "demean")
 
 
 def _init_architecture(init: str | None) -> dict[str, Any]:

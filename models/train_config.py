@@ -31,7 +31,10 @@ class TrainConfig:
     ``window_s`` the live window (s). ``loss`` in ``glimpse.models.losses.LOSSES`` with
     ``mix_lambda`` for "mix". ``val_metric``: "top5" (retrieval among validation
     images; ties go to the lower loss) or "loss". ``patience``: epochs without
-    improvement before stopping.
+    improvement before stopping: early stopping ends training, ``epochs`` is a safety cap
+    (at 25 epochs, training on 10 exemplars per concept and more still improved at the
+    cap; validation top-5 among a few dozen images is noisy, and 6 epochs of patience
+    stopped runs that went on to improve).
     ``windows_per_trial``: stimulus windows drawn per training trial and epoch (random
     offsets: augmentation, and more optimiser steps per epoch on small datasets);
     ``nothing_fraction``: nothing-new windows per stimulus window for the confidence
@@ -46,14 +49,14 @@ class TrainConfig:
     model: str = "brain_encoder"
     embedder: str = "handcrafted"
     window_s: float = 0.25
-    epochs: int = 25
+    epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     loss: str = "mix"
     mix_lambda: float = 0.75
-    patience: int = 6
+    patience: int = 10
     val_concept_fraction: float = 0.15
     val_metric: str = "top5"
     nothing_fraction: float = 0.5

@@ -25,6 +25,9 @@ from glimpse.streaming.simulate import SIMULATOR_VERSION, SimulationConfig, simu
 logger = logging.getLogger("glimpse.service.demo")
 
 MODEL_DIR, REPORT_DIR, GALLERY_DIR = "model", "report", "gallery"
+#: The demo's training budget (epochs at most): ``glimpse train`` lets early stopping
+#: end training, which takes longer; the demo keeps its few minutes.
+DEMO_EPOCHS = 25
 
 
 def ensure_session(out: Path, config: SimulationConfig, *, fresh: bool = False) -> Path:
@@ -128,7 +131,7 @@ def _model_lines(out: Path, train_config: Any) -> list[str]:
     from glimpse.models.train import TrainConfig, train
 
     ckpt_dir, report_dir = out / MODEL_DIR, out / REPORT_DIR
-    config = train_config or TrainConfig()
+    config = train_config or TrainConfig(epochs=DEMO_EPOCHS)
     lines = []
     data = None
     if not (ckpt_dir / "config.json").is_file():

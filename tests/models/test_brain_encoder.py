@@ -87,6 +87,7 @@ def test_config_round_trips_through_json_and_rebuilds_the_same_model():
     (dict(embed_dim=0), "embed_dim a positive integer"),
     (dict(kernel_size=2), "odd"),
     (dict(dropout=1.0), "dropout in [0, 1)"),
+    (dict(demean="yes"), "demean true or false"),
 ])
 def test_config_conflicts_fail_at_construction(overrides, needle):
     with pytest.raises(InputError) as error:
@@ -102,6 +103,18 @@ def test_from_dict_rejects_unknown_and_missing_keys():
     data.pop("sfreq")
     with pytest.raises(InputError, match=r"missing \['sfreq'\]"):
         BrainEncoderConfig.from_dict(data)
+
+
+def test_demean_removes_each_sensors_offset_over_the_window_and_old_configs_load_without_it():
+    x, subject = inputs(tiny_config())
+    offset = torch.randn(1, x.shape[1], 1) * 50  # a slow drift: constant over one window
+    on = BrainEncoder(tiny_config(demean=True)).eval()
+    assert torch.allclose(on(x + offset, subject)[0], on(x, subject)[0], atol=1e-4)
+    off = BrainEncoder(tiny_config()).eval()  # the default of older checkpoints: the raw window
+    assert not torch.allclose(off(x + offset, subject)[0], off(x, subject)[0], atol=1e-2)
+    data = tiny_config().to_dict()
+    del data["demean"]  # written before the option existed
+    assert BrainEncoderConfig.from_dict(data).demean is False
 
 
 def test_default_depth_fits_a_live_window_and_reports_its_receptive_field():
