@@ -347,7 +347,11 @@ def test_the_generator_picker_offers_what_fits_the_checkpoint(fake, open_viewer)
     # The checkpoints embed with clip-vit-b32 (512-d): the ViT-H-14 pipeline is not offered.
     assert offered == [["", "none"], ["embedded-handcrafted-77aa88bb", "embedded-handcrafted (embedded, 64 px)"]]
     assert page.eval_on_selector("#generator", "s => s.value") == ""  # retrieval needs none
+    assert not page.is_visible("#generator")  # and does not show the field
+    tops = page.eval_on_selector_all("#controls > *:not([hidden])", "els => els.map(e => e.offsetTop)")
+    assert max(tops) - min(tops) < 10, tops  # one row of controls at 1600 px
     page.select_option("#mode", "generation")
+    assert page.is_visible("#generator")
     assert page.eval_on_selector("#generator", "s => s.value") == "embedded-handcrafted-77aa88bb"
     page.click("#start")
     posted = wait_until(lambda: [c for c in service.calls if c[:2] == ("POST", "/api/sessions")],

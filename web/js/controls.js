@@ -88,10 +88,12 @@ export class Controls {
     this.pickGenerator();
   }
 
-  /** A generation mode with no generator chosen takes the first that fits. */
+  /** A generation mode with no generator chosen takes the first that fits; retrieval hides the field. */
   pickGenerator() {
     const select = this.el("generator");
-    if (this.el("mode").value !== "retrieval" && !select.value && select.options.length > 1) {
+    const generating = this.el("mode").value !== "retrieval";
+    this.el("generator-field").hidden = !generating; // one row of controls at 1600 px
+    if (generating && !select.value && select.options.length > 1) {
       select.value = select.options[1].value;
     }
   }
