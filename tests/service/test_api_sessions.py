@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from io import BytesIO
@@ -24,6 +23,7 @@ from websockets.sync.client import connect
 from glimpse.service.api.app import create_app
 from glimpse.service.settings import Settings
 from glimpse.streaming.session_log import read_session_stream
+from helpers import until
 
 
 # Server, replays, two processes per session (each imports torch): a hang must fail.
@@ -40,15 +40,6 @@ def _replay(recording: Path, name: str, *extra: str) -> subprocess.Popen:
                              str(recording), "--name", name, "--source-id", name, *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-
-def _until(predicate, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Messages:
@@ -100,21 +91,21 @@ def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root,
         assert second.status_code == 201 and second.json()["id"] != sid
         with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
             ws = Messages(socket)
-            frames = _until(lambda: len(ws.of("frame")) >= 20 and ws.of("frame"), 30, "20 frames")
+            frames = until(lambda: len(ws.of("frame")) >= 20 and ws.of("frame"), 30, "20 frames")
             frame = frames[-1]
             assert frame["session"] == sid and frame["v"] == 1 and len(frame["topk"]) == 5
             assert frame["latency_ms"]["total"] > 0 and "t_sent" in frame
             image = http.get(frame["topk"][0]["url"])
             assert image.status_code == 200 and image.headers["content-type"] == "image/png"
             assert "max-age" in image.headers["cache-control"]
-            _until(lambda: any(m.get("truth") and m["truth"]["url"] for m in ws.of("frame")), 30,
+            until(lambda: any(m.get("truth") and m["truth"]["url"] for m in ws.of("frame")), 30,
                    "a frame that knows its true stimulus")
             # A true stimulus outside the gallery (a training image) is served from the roots.
-            outside = _until(lambda: [m["truth"] for m in ws.of("frame") if m.get("truth")
+            outside = until(lambda: [m["truth"] for m in ws.of("frame") if m.get("truth")
                                       and m["truth"]["id"] is None and m["truth"]["url"]], 30,
                              "a true stimulus that is not in the gallery")
             assert http.get(outside[0]["url"]).headers["content-type"] == "image/png"
-            _until(lambda: ws.of("signal"), 10, "a signal message")
+            until(lambda: ws.of("signal"), 10, "a signal message")
             signal_message = ws.of("signal")[-1]
             assert len(signal_message["levels"]) == 274 and len(signal_message["trace"]["ch_names"]) == 4
             status = http.get(f"/api/sessions/{sid}").json()["status"]
@@ -123,13 +114,13 @@ def test_a_session_decodes_survives_a_worker_kill_and_records_every_sample(root,
 
             # SIGKILL the worker once its standby is loaded: the service stays up, the
             # standby takes over, frames resume within 10 s.
-            _until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
+            until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
                    == "ready", 120, "the standby worker loaded")
             os.kill(status["worker"]["pid"], signal.SIGKILL)
             killed_at = len(ws.of("frame"))
-            _until(lambda: [e for e in ws.of("event") if e["event"] == "worker_crashed"], 10,
+            until(lambda: [e for e in ws.of("event") if e["event"] == "worker_crashed"], 10,
                    "the crash reported")
-            resumed = _until(lambda: len(ws.of("frame")) > killed_at + 5, 10, "frames after the kill")
+            resumed = until(lambda: len(ws.of("frame")) > killed_at + 5, 10, "frames after the kill")
             assert resumed and http.get("/api/health").json()["status"] == "ok"
             seqs = [f["seq"] for f in ws.of("frame")]
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # per session, across restarts
@@ -169,17 +160,17 @@ def test_a_killed_replay_is_reported_lost_and_decoding_resumes_when_it_returns(r
         with connect(url.replace("http", "ws") + "/ws") as socket:
             ws = Messages(socket)
             socket.send(json.dumps({"type": "subscribe", "sessions": [sid]}))
-            _until(lambda: len(ws.of("frame")) >= 5, 30, "frames")
+            until(lambda: len(ws.of("frame")) >= 5, 30, "frames")
             replay.send_signal(signal.SIGKILL)  # the outlet dies without closing anything
             replay.wait(10)
-            _until(lambda: [e for e in ws.of("event") if e["event"] == "stream_lost"], 15,
+            until(lambda: [e for e in ws.of("event") if e["event"] == "stream_lost"], 15,
                    "the lost stream reported")
             assert http.get("/api/health").status_code == 200
             lost_at = len(ws.of("frame"))
             replay = _replay(fif, name, "--loop")  # the same source id comes back
-            _until(lambda: [e for e in ws.of("event") if e["event"] == "stream_back"], 30,
+            until(lambda: [e for e in ws.of("event") if e["event"] == "stream_back"], 30,
                    "the stream back")
-            _until(lambda: len(ws.of("frame")) > lost_at + 5, 15, "frames after the return")
+            until(lambda: len(ws.of("frame")) > lost_at + 5, 15, "frames after the return")
         assert http.delete(f"/api/sessions/{sid}").json()["streams"][0]["n_reconnects"] >= 1
     finally:
         replay.kill()

@@ -32,6 +32,7 @@ from glimpse.streaming.errors import InputError
 from glimpse.streaming.session_log import read_session_stream
 from glimpse.streaming.simulate.live import LivePerson
 from glimpse.streaming.simulate.person import load_world
+from helpers import until
 
 # A world, a base model, a server, a live person, sessions (two processes each, both
 # import torch), adaptations in processes of their own: minutes on a loaded 2-core machine.
@@ -116,15 +117,6 @@ def person(world):
         live.stop()
 
 
-def _until(predicate, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 def _body(stream: str, **fields) -> dict:
     return {"base": "base", "stream": stream, "images": FRESH_FOLDER, "test_images": "stimuli/test",
@@ -202,13 +194,13 @@ def _create(client, stream: str, live: LivePerson, **fields) -> dict:
     # The session's acquisition and the person follow <stream>-markers from its creation:
     # both must be subscribed before the first onset, as they are while a person reads
     # the instructions.
-    _until(lambda: live.stats()["markers_connected"], 20, "the person following the markers")
+    until(lambda: live.stats()["markers_connected"], 20, "the person following the markers")
     time.sleep(1.5)
     return calibration
 
 
 def _state(client, cid: str, states: tuple[str, ...], timeout: float) -> dict:
-    return _until(lambda: (c := client.get(f"/api/calibrations/{cid}").json())["state"] in states and c,
+    return until(lambda: (c := client.get(f"/api/calibrations/{cid}").json())["state"] in states and c,
                   timeout, f"calibration {cid} in {states}", step=0.25)
 
 
@@ -247,7 +239,7 @@ def test_a_new_person_from_the_presentation_to_decoding_with_the_swapped_model(s
         ready = _state(client, cid, ("ready", "swapped", "failed"), 240)
         assert ready["state"] != "failed", ready["error"]
         swapped = _state(client, cid, ("swapped",), 60)
-        _until(lambda: any(m.get("message", "").startswith("session ") for m in events.of("calibration")), 10,
+        until(lambda: any(m.get("message", "").startswith("session ") for m in events.of("calibration")), 10,
                "the swap announced on the hub")
     loop_s = time.monotonic() - started
     result = swapped["result"]
@@ -279,7 +271,7 @@ def test_a_new_person_from_the_presentation_to_decoding_with_the_swapped_model(s
     assert swapped["swap"]["checkpoint"]["id"] == session["checkpoint"]["id"]
     # Frames go on after the swap, and the session folder holds every sample.
     before = client.get(f"/api/sessions/{sid}").json()["status"]["n_decoded"]
-    _until(lambda: client.get(f"/api/sessions/{sid}").json()["status"]["n_decoded"] > before + 10, 30,
+    until(lambda: client.get(f"/api/sessions/{sid}").json()["status"]["n_decoded"] > before + 10, 30,
            "frames after the swap")
     final = client.delete(f"/api/sessions/{sid}").json()
     raw, times, _ = read_session_stream(world / swapped["session_folder"])
@@ -322,7 +314,7 @@ def test_a_stream_that_dies_interrupts_keeps_the_recording_and_resumes(service, 
     refused = client.post(f"/api/calibrations/{cid}/resume")
     assert refused.status_code == 409 and "restart the stream" in refused.json()["error"]["fix"]
     person(stream)  # the same person, the same source id: the session finds the stream again
-    _until(lambda: client.post(f"/api/calibrations/{cid}/resume").status_code == 200, 30, "a resume")
+    until(lambda: client.post(f"/api/calibrations/{cid}/resume").status_code == 200, 30, "a resume")
     resumed = client.get(f"/api/calibrations/{cid}").json()
     assert resumed["state"] == "presenting" and len(resumed["presentations"]) == 2
     # From the first trial not validly shown, less those of the last 4 s before the loss was

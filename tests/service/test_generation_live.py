@@ -35,6 +35,7 @@ from glimpse.service.sessions.generation import (Generation, InitImages, decode_
                                                   encode_generated)
 from glimpse.service.settings import Settings
 from glimpse.streaming.errors import InputError
+from helpers import until
 
 # One replay and three sessions (two spawned processes each, importing torch) on 2 cores.
 pytestmark = pytest.mark.timeout(150)
@@ -87,15 +88,6 @@ def load_tiny(folder, *, device: str = "cpu") -> TinyGenerator:
     return TinyGenerator.load(Path(folder), device=device, config=config)
 
 
-def _until(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 # ----------------------------------------------------------------- the thread alone
 
@@ -108,7 +100,7 @@ def _thread(generator, **options):
     sent: list[tuple] = []
     gen = Generation(lambda: generator, send=sent.append, embedder=("handcrafted", 8),
                      **{"mode": "generation", **options}).start()
-    _until(lambda: gen.state != "loading", 5, "the generator loaded")
+    until(lambda: gen.state != "loading", 5, "the generator loaded")
     return gen, sent
 
 
@@ -121,9 +113,9 @@ def test_the_newest_embedding_of_each_stream_is_generated_and_stale_ones_dropped
         for seq in range(12):  # 60 frames/s for two streams: faster than it generates
             gen.offer([_frame("a", seq), _frame("b", seq)], rng.standard_normal((2, 8)) * 7, [[3], [4]])
             time.sleep(1 / 60)
-        _until(lambda: gen.stats()["n_generated"] >= 4, 5, "images")
+        until(lambda: gen.stats()["n_generated"] >= 4, 5, "images")
         # the newest of stream a comes through (a loaded machine may hold the thread a while)
-        _until(lambda: any(k == "generated" and b["stream"] == "a" and b["seq"] == 11
+        until(lambda: any(k == "generated" and b["stream"] == "a" and b["seq"] == 11
                            for k, b in list(sent)), 10, "the newest embedding's image")
         stats = gen.stats()
     finally:
@@ -144,16 +136,16 @@ def test_a_generator_that_raises_is_reported_and_generation_turns_off():
     try:
         emb = np.ones((1, 8), np.float32)
         gen.offer([_frame("a", 0)], emb, [[0]])
-        _until(lambda: gen.stats()["n_generated"] == 1, 5, "one image")
+        until(lambda: gen.stats()["n_generated"] == 1, 5, "one image")
         gen.offer([_frame("a", 1)], emb, [[0]])
-        failed = _until(lambda: [b for k, b in sent if k == "generation_failed"], 5, "the failure")
+        failed = until(lambda: [b for k, b in sent if k == "generation_failed"], 5, "the failure")
         assert "GPU ran out of memory" in failed[0]["message"]
         assert gen.mode == "retrieval"
         gen.offer([_frame("a", 2)], emb, [[0]])  # off: nothing is taken
         assert gen.stats()["n_offered"] == 2
         gen.set_mode("generation")  # on again: tried again (and it fails again, reported)
         gen.offer([_frame("a", 3)], emb, [[0]])
-        _until(lambda: len([k for k, _ in sent if k == "generation_failed"]) == 2, 5, "the second failure")
+        until(lambda: len([k for k, _ in sent if k == "generation_failed"]) == 2, 5, "the second failure")
     finally:
         gen.stop()
     assert gen.stats()["n_failed"] == 2
@@ -166,7 +158,7 @@ def test_a_generator_that_does_not_load_is_reported_naming_what_is_missing():
     sent: list[tuple] = []
     gen = Generation(load, send=sent.append, embedder=("handcrafted", 8), mode="generation").start()
     try:
-        failed = _until(lambda: [b for k, b in sent if k == "generation_failed"], 5, "the failure")
+        failed = until(lambda: [b for k, b in sent if k == "generation_failed"], 5, "the failure")
         assert "did not load" in failed[0]["message"] and "without unet/" in failed[0]["message"]
         assert gen.state == "failed" and gen.mode == "retrieval"
     finally:
@@ -192,9 +184,9 @@ def test_two_stage_starts_from_the_retrieved_image_inside_the_roots(tmp_path):
     gen, sent = _thread(model, mode="two_stage", strength=0.25, init_images=inits)
     try:
         gen.offer([_frame("a", 0)], np.full((1, 8), -20.0), [[0]])  # embedding colour: black
-        image = _until(lambda: [b for k, b in sent if k == "generated"], 5, "an image")[0]
+        image = until(lambda: [b for k, b in sent if k == "generated"], 5, "an image")[0]
         gen.offer([_frame("a", 1)], np.full((1, 8), -20.0), [[1]])  # no init image: from the embedding
-        second = _until(lambda: [b for k, b in sent if k == "generated"][1:], 5, "a second image")[0]
+        second = until(lambda: [b for k, b in sent if k == "generated"][1:], 5, "a second image")[0]
     finally:
         gen.stop()
     pixel = np.asarray(Image.open(io.BytesIO(image["image"])))[4, 4]
@@ -304,14 +296,14 @@ def test_generated_frames_arrive_while_retrieval_keeps_its_rate_and_modes_switch
     assert session["mode"] == "retrieval" and "abspath" not in session["generator"]
     with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
         ws = Messages(socket)
-        _until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["generation"]["state"] == "ready",
+        until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["generation"]["state"] == "ready",
                30, "the generator loaded")
-        _until(lambda: len(ws.of("frame")) >= 10, 30, "frames")
+        until(lambda: len(ws.of("frame")) >= 10, 30, "frames")
         off, none = ws.rate(2.0)
         assert none == 0  # retrieval mode: nothing generated
         switched = http.post(f"/api/sessions/{sid}/mode", json={"mode": "generation"})
         assert switched.status_code == 200 and switched.json()["mode"] == "generation"
-        _until(lambda: ws.images, 10, "a generated image")
+        until(lambda: ws.images, 10, "a generated image")
         on, generated = ws.rate(2.0)
         # Generation runs at its own pace (~10/s here, 0.1 s a call) and retrieval keeps its
         # rate (20/s): a generous bound for a loaded 2-core machine.
@@ -327,7 +319,7 @@ def test_generated_frames_arrive_while_retrieval_keeps_its_rate_and_modes_switch
         assert frames[max(frames)]["mode"] == "generation"
 
         assert http.post(f"/api/sessions/{sid}/mode", json={"mode": "two_stage"}).status_code == 200
-        _until(lambda: ws.images[-1][2]["mode"] == "two_stage", 10, "a two-stage image")
+        until(lambda: ws.images[-1][2]["mode"] == "two_stage", 10, "a two-stage image")
         status = http.get(f"/api/sessions/{sid}").json()["status"]["generation"]
         assert status["state"] == "ready" and status["n_generated"] > 0 and status["n_stale"] > 0
         assert status["generate_ms"]["p50"] >= 90
@@ -348,16 +340,16 @@ def test_a_failing_generator_is_reported_and_the_session_goes_on_retrieving(live
     sid = created.json()["id"]
     with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
         ws = Messages(socket)
-        failed = _until(lambda: [e for e in ws.of("event") if e["event"] == "generation_failed"], 30,
+        failed = until(lambda: [e for e in ws.of("event") if e["event"] == "generation_failed"], 30,
                         "the failure reported")
         assert "GPU ran out of memory" in failed[0]["message"] and "retrieval" in failed[0]["message"]
-        _until(lambda: [m for m in ws.of("session") if m["session"]["mode"] == "retrieval"], 5,
+        until(lambda: [m for m in ws.of("session") if m["session"]["mode"] == "retrieval"], 5,
                "the session back in retrieval")
         n = len(ws.of("frame"))
-        _until(lambda: len(ws.of("frame")) > n + 10, 10, "frames after the failure")
+        until(lambda: len(ws.of("frame")) > n + 10, 10, "frames after the failure")
         assert 0 < len(ws.images) <= 3
         # The worker's counters come with its stats, once a second.
-        status = _until(lambda: (lambda d: d["status"]["generation"]["n_failed"] and d)(
+        status = until(lambda: (lambda d: d["status"]["generation"]["n_failed"] and d)(
             http.get(f"/api/sessions/{sid}").json()), 5, "the failure counted")
         assert status["mode"] == "retrieval" and status["status"]["generation"]["n_failed"] == 1
         assert status["status"]["worker"]["restarts"] == 0
@@ -365,7 +357,7 @@ def test_a_failing_generator_is_reported_and_the_session_goes_on_retrieving(live
 
 
 def test_generators_are_listed_with_their_conditioning_space_and_named_by_id(live):
-    http, body, folders = live["http"], live["body"], live["folders"]
+    http, body = live["http"], live["body"]
     listed = {g["name"]: g for g in http.get("/api/generators").json()}
     assert {"tiny", "fails", "other"} <= set(listed) and "empty" not in listed
     assert (listed["other"]["embedder"], listed["tiny"]["embedder"]) == ("open_clip:ViT-H-14", "handcrafted")

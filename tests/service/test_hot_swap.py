@@ -34,6 +34,7 @@ from glimpse.service.settings import Settings
 from glimpse.streaming.errors import InputError
 from glimpse.streaming.session_log import read_session_stream
 from glimpse.streaming.window import Window
+from helpers import until
 
 # Server, replay, worker processes that each import torch, three model loads per swap
 # test on a shared 2-core machine: a hang must fail, not stall the suite.
@@ -246,15 +247,6 @@ def _replay(recording: Path, name: str) -> subprocess.Popen:
                              "--loop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 class Messages:
     """Every message of one session's WebSocket, read in a thread."""
@@ -291,7 +283,7 @@ def _swap(http, sid: str, ws: Messages, checkpoint: Path, **body) -> dict:
     assert response.status_code == 200, response.text
     desc = response.json()
     new, old = desc["checkpoint"]["id"], before["checkpoint"]["id"]
-    _until(lambda: len(ws.frames_of(new, since)) >= 10, 60, f"frames of {new}")
+    until(lambda: len(ws.frames_of(new, since)) >= 10, 60, f"frames of {new}")
     old_frames, new_frames = ws.frames_of(old, since), ws.frames_of(new, since)
     assert old_frames, "the old checkpoint decoded while the new one loaded"
     # A clean cut: every window went to one worker, the old one's before the new one's.
@@ -318,8 +310,8 @@ def test_a_running_session_swaps_its_checkpoint_without_losing_a_sample(root, se
         assert session["checkpoint"]["subject"] == "01"
         with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
             ws = Messages(socket)
-            _until(lambda: len(ws.frames_of(ridge)) >= 20, 60, "20 frames of the first checkpoint")
-            _until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
+            until(lambda: len(ws.frames_of(ridge)) >= 20, 60, "20 frames of the first checkpoint")
+            until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
                    == "ready", 120, "the standby worker loaded")
             first = _swap(http, sid, ws, checkpoints["be"], subject="ada")
             desc = first["desc"]
@@ -328,9 +320,9 @@ def test_a_running_session_swaps_its_checkpoint_without_losing_a_sample(root, se
             assert desc["checkpoint"]["model"] == "brain_encoder" and desc["state"] == "running"
             # The sensors stay the acquisition's: the viewer's topography follows its signal.
             assert desc["checkpoint"]["ch_names"] == session["checkpoint"]["ch_names"]
-            swapped = _until(lambda: ws.of("event", event="checkpoint_swapped"), 10, "the event")
+            swapped = until(lambda: ws.of("event", event="checkpoint_swapped"), 10, "the event")
             assert "->" in swapped[0]["message"] and swapped[0]["swap"]["to"]["subject"] == "ada"
-            _until(lambda: [m for m in ws.of("session") if m["session"]["checkpoint"]["id"] == be], 10,
+            until(lambda: [m for m in ws.of("session") if m["session"]["checkpoint"]["id"] == be], 10,
                    "the new description on the hub")
             # Other weights, other top-k: the frames are the new model's.
             old_scores = {f["topk"][0]["score"] for f in ws.frames_of(ridge)}
@@ -342,12 +334,12 @@ def test_a_running_session_swaps_its_checkpoint_without_losing_a_sample(root, se
             # its standby is of the checkpoint now in use.
             second = _swap(http, sid, ws, checkpoints["ridge"])
             assert second["desc"]["checkpoint"]["subject"] == "01"
-            _until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
+            until(lambda: http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["standby"]
                    == "ready", 120, "the standby of the swapped-in checkpoint")
             pid = http.get(f"/api/sessions/{sid}").json()["status"]["worker"]["pid"]
             n_frames = len(ws.of("frame"))
             os.kill(pid, signal.SIGKILL)
-            _until(lambda: len(ws.of("frame")) > n_frames + 10, 30, "frames after the kill")
+            until(lambda: len(ws.of("frame")) > n_frames + 10, 30, "frames after the kill")
             after_kill = ws.of("frame")[n_frames:]
             assert {f["checkpoint"] for f in after_kill} == {ridge}
             time.sleep(1.5)  # one more stats report from the acquisition process
@@ -403,7 +395,7 @@ def test_bad_swaps_get_clear_errors_and_the_session_decodes_on(root, service, ch
         path = f"/api/sessions/{sid}/checkpoint"
         with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
             ws = Messages(socket)
-            _until(lambda: len(ws.of("frame")) >= 5, 60, "frames")
+            until(lambda: len(ws.of("frame")) >= 5, 60, "frames")
             assert "ckpt-" in error(http.post(path, json={"checkpoint": "no-such-ckpt"}), 404)["got"]
             assert error(http.post(path, json={"checkpoint": "/etc"}), 403)
             err = error(http.post(path, json={"checkpoint": str(checkpoints["channels"])}), 400)
@@ -418,9 +410,9 @@ def test_bad_swaps_get_clear_errors_and_the_session_decodes_on(root, service, ch
             # Weights that do not load: the new worker's error, and the old one decodes on.
             err = error(http.post(path, json={"checkpoint": str(checkpoints["broken"])}), 400)
             assert err["message"]
-            _until(lambda: ws.of("event", event="checkpoint_swap_failed"), 10, "the failure reported")
+            until(lambda: ws.of("event", event="checkpoint_swap_failed"), 10, "the failure reported")
             n_frames = len(ws.of("frame"))
-            _until(lambda: len(ws.of("frame")) > n_frames + 5, 30, "frames after the failed swap")
+            until(lambda: len(ws.of("frame")) > n_frames + 5, 30, "frames after the failed swap")
             assert {f["checkpoint"] for f in ws.of("frame")} == {created.json()["checkpoint"]["id"]}
         assert http.delete(f"/api/sessions/{sid}").status_code == 200
         err = error(http.post(path, json={"checkpoint": str(checkpoints["be"])}), 409)
@@ -470,16 +462,16 @@ def test_a_generating_session_keeps_its_mode_and_generator_through_a_swap(root, 
             sid = created.json()["id"]
             with connect(url.replace("http", "ws") + f"/ws/sessions/{sid}") as socket:
                 ws = Messages(socket)
-                _until(lambda: ws.images, 60, "a generated image")
+                until(lambda: ws.images, 60, "a generated image")
                 n_events = len(ws.of("event"))
                 desc = _swap(http, sid, ws, checkpoints["be"])["desc"]
                 be = desc["checkpoint"]["id"]
                 assert desc["mode"] == "generation" and desc["generator"]["kind"] == "test_colour"
-                _until(lambda: [e for e in ws.of("event")[n_events:] if e["event"] == "generator_ready"],
+                until(lambda: [e for e in ws.of("event")[n_events:] if e["event"] == "generator_ready"],
                        60, "the new worker's generator")
                 # Images follow frames of the new checkpoint.
                 frames = lambda: {f["seq"]: f for f in ws.of("frame")}  # noqa: E731
-                _until(lambda: [i for i in ws.images if i["seq"] in frames()
+                until(lambda: [i for i in ws.images if i["seq"] in frames()
                                 and frames()[i["seq"]]["checkpoint"] == be], 30,
                        "an image generated from the new checkpoint's embedding")
                 assert {f["mode"] for f in ws.frames_of(be)} == {"generation"}
