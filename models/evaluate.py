@@ -74,7 +74,7 @@ from .windows import fixed_windows
 
 logger = logging.getLogger("glimpse.models.evaluate")
 
-__all__ = ["CURVE_OFFSETS", "DEFAULT_OFFSET", "evaluate"]
+__all__ = ["CURVE_OFFSETS", "DEFAULT_OFFSET", "evaluate", "headline_offset"]
 
 #: Window ends (s after onset) of the time-resolved curve: -200..1000 ms, 25 ms steps.
 CURVE_OFFSETS = tuple(np.round(np.arange(-0.2, 1.0 + 1e-9, 0.025), 3).tolist())
@@ -143,6 +143,14 @@ def _check_targets(ckpt, targets: np.ndarray, name: str, n_images: int) -> np.nd
                          f"{targets.shape} from {name}",
                          f"embed the images with {ckpt.embedder_name}")
     return targets
+
+
+def headline_offset(checkpoint: Any) -> float:
+    """The window end (s after onset) that :func:`evaluate` scores ``checkpoint`` at by default."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = checkpoint if hasattr(checkpoint, "metrics") else load_checkpoint(checkpoint)
+    return _headline(ckpt, None)["offset_s"]
 
 
 def _headline(ckpt, offset: float | None) -> dict[str, Any]:

@@ -45,7 +45,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +60,9 @@ from .confidence import calibrate, fit_presence, plot_reliability
 from .data import SessionData, image_targets
 from .distributed import Dist
 from .losses import DecodingLoss
-from .metrics import cosine_scores, per_query_topk
 from .train_config import MODEL_NAMES, TrainConfig
-from .windows import EVAL_OFFSETS, Splits, WindowSampler, WindowSet, fixed_windows, split_trials
+from .validation import validate
+from .windows import Splits, WindowSampler, WindowSet, fixed_windows, split_trials
 
 logger = logging.getLogger("glimpse.models.train")
 
@@ -71,7 +70,6 @@ __all__ = ["DEFAULT_SIZES", "MODEL_NAMES", "TrainConfig", "TrainResult", "train"
 
 #: Brain-encoder architecture of the default run (see the module docstring).
 DEFAULT_SIZES = {"hidden": 96, "spatial_channels": 64, "demean": True}
-_EVAL_BATCH = 512
 
 
 @dataclass
@@ -171,67 +169,6 @@ def _load_init(model: nn.Module, init: str) -> None:
                 "" if same_subjects else "; subject layers kept fresh")
 
 
-def _forward(model: Any, x: np.ndarray, subject: np.ndarray, device: str
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(clip, mse) outputs of any trained model for windows ``x``, batched, no grad."""
-    if not isinstance(model, nn.Module):  # ridge: one prediction serves both heads
-        pred = np.asarray(model.predict(x), np.float32)
-        return pred, pred
-    was = model.training
-    model.eval()
-    clips, mses = [], []
-    with torch.no_grad():
-        for s in range(0, len(x), _EVAL_BATCH):
-            xb = torch.from_numpy(x[s:s + _EVAL_BATCH]).to(device)
-            sb = torch.from_numpy(subject[s:s + _EVAL_BATCH]).to(device)
-            c, m = model(xb, sb)
-            clips.append(c.cpu().numpy())
-            mses.append(m.cpu().numpy())
-    model.train(was)
-    if not clips:
-        return np.empty((0, 0), np.float32), np.empty((0, 0), np.float32)
-    return np.concatenate(clips), np.concatenate(mses)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _by_offset(hit: np.ndarray, offset_s: np.ndarray, offsets: Sequence[float]
-               ) -> dict[str, float]:
-    """Mean of ``hit`` per nominal offset (actual offsets sit on the sample grid, below it)."""
-    offs = np.asarray(offsets, float)
-    nearest = np.abs(offset_s[:, None] - offs[None, :]).argmin(axis=1)
-    return {f"{o:g}": float(hit[nearest == i].mean()) for i, o in enumerate(offs)
-            if (nearest == i).any()}
-
-
-def _validate(model, windows: WindowSet | None, targets: np.ndarray, val_images: np.ndarray,
-              retrieval_head: str, loss_fn: DecodingLoss | None, device: str,
-              offsets: Sequence[float] = EVAL_OFFSETS) -> dict[str, Any]:
-    """Top-1/top-5 among the validation images (per offset and overall) and the loss."""
-    if windows is None or not len(windows):
-        return {}
-    clip_out, mse_out = _forward(model, windows.x, windows.subject, device)
-    pred = clip_out if retrieval_head == "clip" else mse_out
-    row = {int(r): i for i, r in enumerate(val_images)}
-    truth = np.array([row[int(t)] for t in windows.target])
-    scores = cosine_scores(pred, targets[val_images])
-    # Expected top-k under random tie-breaking: a collapsed (constant) model scores
-    # chance, so early stopping never prefers it to one that learned anything.
-    top5 = per_query_topk(scores, truth, 5)
-    out = {"top1": float(per_query_topk(scores, truth, 1).mean()), "top5": float(top5.mean()),
-           "chance_top5": min(5, len(val_images)) / len(val_images),
-           "top5_by_offset": _by_offset(top5, windows.offset_s, offsets)}
-    if loss_fn is not None:
-        with torch.no_grad():
-            loss, _ = loss_fn(torch.from_numpy(clip_out), torch.from_numpy(mse_out),
-                              torch.from_numpy(targets[windows.target]),
-                              torch.from_numpy(windows.target),
-                              torch.from_numpy(windows.is_stimulus))
-        out["loss"] = float(loss)
-    return out
-
-
 # --------------------------------------------------------------------------- figures
 
 
@@ -300,13 +237,14 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
                     "(%d held-out concepts, %d images), %d-sample windows, world size %d",
                     config.model, len(splits.train), len(splits.train_concepts), len(splits.val),
                     len(splits.val_concepts), len(val_images), n_times, dist.world)
-        if model is None:
+        given = model is not None
+        if not given:
             model = _build_model(config, data, targets.shape[1], n_times)
         elif config.init:  # the caller initialised it
             raise InputError("either a model or config.init", "both", "drop config.init")
         model, history, best_epoch, retrieval_head, loss_fn = _fit(
-            model, data, splits, targets, val, val_images, config, dist, progress)
-        final = _validate(model, val, targets, val_images, retrieval_head, loss_fn,
+            model, data, splits, targets, val, val_images, config, dist, progress, given)
+        final = validate(model, val, targets, val_images, retrieval_head, loss_fn,
                           config.device, config.eval_offsets)
         probe = fit_presence(data, splits.train, config)
         confidence, plot = calibrate(probe, data, splits.val, config.window_s)
@@ -335,7 +273,7 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
 
 
 def _fit(model, data: SessionData, splits: Splits, targets: np.ndarray, val: WindowSet | None,
-         val_images: np.ndarray, config: TrainConfig, dist: Dist, progress: bool):
+         val_images: np.ndarray, config: TrainConfig, dist: Dist, progress: bool, given: bool):
     """Fit the decoder: (model, history, best epoch, retrieval head, loss for validation)."""
     retrieval_head = "mse" if config.loss == "mse" else "clip"
     loss_fn = DecodingLoss(config.loss, lam=config.mix_lambda)
@@ -357,7 +295,7 @@ def _fit(model, data: SessionData, splits: Splits, targets: np.ndarray, val: Win
                              "drop --init, or train the brain encoder")
         _load_init(model, config.init)
     history, best_epoch = _fit_sgd(model, loss_fn, sampler, targets, val, val_images,
-                                   retrieval_head, config, dist, progress)
+                                   retrieval_head, config, dist, progress, given)
     return model, history, best_epoch, retrieval_head, loss_fn
 
 
@@ -413,8 +351,8 @@ def _fit_ridge(model, sampler: WindowSampler, targets: np.ndarray, config: Train
 
 def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
              targets: np.ndarray, val: WindowSet | None, val_images: np.ndarray,
-             retrieval_head: str, config: TrainConfig, dist: Dist, progress: bool
-             ) -> tuple[list[dict[str, float]], int | None]:
+             retrieval_head: str, config: TrainConfig, dist: Dist, progress: bool,
+             keep_start: bool = False) -> tuple[list[dict[str, float]], int | None]:
     device = config.device
     objective = _Objective(model, loss_fn).to(device)
     if dist.world > 1:
@@ -431,6 +369,13 @@ def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
     local_batch = max(2, config.batch_size // dist.world)
     higher = config.val_metric == "top5"
     best, best_epoch, best_state, bad = (-math.inf, -math.inf), None, None, 0
+
+    def score(res: dict[str, Any]) -> tuple[float, float]:  # ties on top-5 go to the lower loss
+        return dist.broadcast(res["top5"]) if higher else 0.0, -dist.broadcast(res["loss"])
+
+    if keep_start and val is not None and len(val):  # a model given trained: not moving is a candidate
+        start = validate(model, val, targets, val_images, retrieval_head, loss_fn, device, config.eval_offsets)
+        best, best_epoch, best_state = score(start), 0, copy.deepcopy(objective.state_dict())
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.epochs), desc=f"train {config.model}", unit="epoch",
                disable=not (progress and dist.main))
@@ -458,11 +403,10 @@ def _fit_sgd(model: nn.Module, loss_fn: DecodingLoss, sampler: WindowSampler,
         dist.sync_buffers(objective)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
         if val is not None and len(val):
-            res = _validate(model, val, targets, val_images, retrieval_head, loss_fn, device,
+            res = validate(model, val, targets, val_images, retrieval_head, loss_fn, device,
                             config.eval_offsets)
             row.update({"val_loss": res["loss"], "val_top1": res["top1"], "val_top5": res["top5"]})
-            # Ties on top-5 (frequent on small validation sets) go to the lower loss.
-            value = (dist.broadcast(res["top5"]) if higher else 0.0, -dist.broadcast(res["loss"]))
+            value = score(res)
             if value > best:
                 best, best_epoch, bad = value, epoch + 1, 0
                 best_state = copy.deepcopy(objective.state_dict())
