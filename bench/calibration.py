@@ -17,10 +17,12 @@ For each simulation seed (a different world: concepts, held-out concepts, patter
    (c) ``unadapted``: the base with the subjects' mean matrix and its own scaler
        (no calibration at all; the same at every budget);
    each scored on ALL the person's held-out test trials (single trial, top-5 among
-   the test images; chance = 5 / n_images).
+   the test images; chance = 5 / n_images), all three at the window the base chose
+   on its validation concepts (the budgets' few validation trials would choose by
+   noise).
 
-The new person's scaler is fitted on all their training trials (load_session), for (a)
-and (b) alike. Figures are per seed, then mean and standard deviation over seeds.
+The new person's scaler is fitted on all their training trials (load_session); (b) uses
+it, (a) maps the data back to the base's scaler as :func:`adapt_to_subject` does. Figures are per seed, then mean and standard deviation over seeds.
 
     python bench/calibration.py --seeds 0,1,2 --budgets 1,2,5,10,20,60 --figure docs/_static/calibration-curve.png
     python bench/calibration.py --quick      # smoke test: tiny world, figures mean nothing
@@ -62,8 +64,9 @@ def _simulated(root: Path, config: SimulationConfig) -> Path:
     return root
 
 
-def _top5(checkpoint: Path, data: SessionData, cache: Path) -> dict:
-    single = evaluate(checkpoint, data, ceiling=False, curve_offsets=(), cache_dir=cache)["single_trial"]
+def _top5(checkpoint: Path, data: SessionData, cache: Path, offset: float) -> dict:
+    single = evaluate(checkpoint, data, offset=offset, ceiling=False, curve_offsets=(),
+                      cache_dir=cache)["single_trial"]
     return {k: single[k] for k in ("top5", "chance_top5", "se_top5", "top1", "n_trials")}
 
 
@@ -110,7 +113,8 @@ def run_seed(seed: int, args, cache: Path) -> dict:
         scratch_s = time.perf_counter() - t2
         rows.append({"minutes": minutes, "n_train_trials": n,
                      "adapted": {**adapted.after, "wall_s": round(adapt_s, 1)},
-                     "scratch": {**_top5(out / "scratch", part, emb_cache), "wall_s": round(scratch_s, 1)},
+                     "scratch": {**_top5(out / "scratch", part, emb_cache, adapted.after["offset_s"]),
+                                 "wall_s": round(scratch_s, 1)},
                      "unadapted": adapted.before})
         print(json.dumps({"seed": seed, **rows[-1]}), file=sys.stderr, flush=True)
     return {"seed": seed, "base": str(base_dir), "base_train_s": round(base_s, 1),

@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ __all__ = ["DecodedTrials", "FinetuneConfig", "decoded_trials", "finetune_condit
 
 logger = logging.getLogger("glimpse.models.generators.finetune")
 
-DEFAULT_OFFSET = 0.35  # the window's end after onset when the checkpoint recorded none
 
 
 @dataclass
@@ -49,15 +47,10 @@ class DecodedTrials:
 
 
 def _offset(ckpt, offset: float | None) -> float:
-    """The caller's offset, else the best validation offset training recorded, else 0.35 s."""
-    if offset is not None:
-        return float(offset)
-    by_offset = {float(k): v for k, v in (ckpt.metrics.get("val_top5_by_offset") or {}).items()
-                 if v is not None and math.isfinite(v)}
-    if not by_offset:
-        return DEFAULT_OFFSET
-    best = max(by_offset.values())
-    return min(o for o, v in by_offset.items() if v == best)
+    """The caller's offset, else the window evaluation scores the checkpoint at."""
+    from ..evaluate import headline_offset
+
+    return float(offset) if offset is not None else headline_offset(ckpt)
 
 
 def decoded_trials(checkpoint: Any, data: Any, *, split: str, offset: float | None = None,
