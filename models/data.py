@@ -36,7 +36,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,7 @@ def load_session(
     mapping: Any = None,
     source: str = "auto",
     stim_channel: str | None = None,
+    positions: Mapping[str, Sequence[float]] | None = None,
     progress: bool = True,
 ) -> SessionData:
     """Open, check and preprocess every recording of a dataset; see the module docstring.
@@ -218,6 +219,9 @@ def load_session(
     filters (default ``PreprocessConfig()``); its scaler is refitted here on
     the training trials. The other keywords go to :func:`open_recording`; for
     THINGS-EEG2, ``stim_root`` is the ``image_set`` folder (default: found beside the data).
+    ``positions``: 2-D sensor layout by channel name, used where the recording's own
+    cannot be found (a live session folder keeps channel names and types only; its
+    checkpoint's positions stand in).
 
     Raises :class:`InputError` on non-finite samples (naming the channel and the
     time), on subjects that lack a channel of the training set, and on datasets
@@ -264,10 +268,15 @@ def load_session(
     fitted = fit_training_scaler(runs, table, config, sfreq)
     for r in runs:
         apply_scaler(r.data, fitted)
-    positions = sensor_positions(info0, fitted.ch_names)
+    try:
+        layout = sensor_positions(info0, fitted.ch_names)
+    except InputError:
+        if positions is None or not all(name in positions for name in fitted.ch_names):
+            raise
+        layout = np.asarray([positions[name] for name in fitted.ch_names], np.float32)
     fingerprint = data_fingerprint(identity, fitted)
     session_data = SessionData(runs=runs, subjects=subject_ids, trials=table,
-                               ch_names=tuple(fitted.ch_names), positions=positions, sfreq=sfreq,
+                               ch_names=tuple(fitted.ch_names), positions=layout, sfreq=sfreq,
                                images=images, image_concepts=image_concepts, preprocess=fitted,
                                group_delay=max(delays), fingerprint=fingerprint,
                                source=path, kind="continuous")

@@ -93,34 +93,15 @@ def run_adaptation(job: dict[str, Any], send: Callable[[tuple], None] = lambda m
 def _load_session(folder: str, ckpt):
     """``load_session`` of a live session folder with the base's preprocessing.
 
-    A session folder keeps no sensor positions (stream.json names channels and types),
-    so the 2-D layout load_session computes for its SessionData cannot be found (MNE
-    takes a CTF MEG recording without its system info for Neuromag's; EEG has no
-    montage). The adaptation never uses it (the adapted checkpoint keeps the base's
-    positions), so where the layout fails the base's positions of the same channels
-    stand in: in this process only, for this call.
+    A session folder keeps no sensor positions (stream.json names channels and types;
+    MNE takes a CTF MEG recording without its system info for Neuromag's, and EEG has
+    no montage), so the base's positions of the same channels stand in. The adaptation
+    never uses them: the adapted checkpoint keeps the base's.
     """
-    import numpy as np
+    from glimpse.models.data import load_session
 
-    from glimpse.models import data as data_module
-    from glimpse.streaming.errors import InputError
-
-    positions = dict(zip(ckpt.ch_names, np.asarray(ckpt.positions, np.float32)))
-    layout = data_module.sensor_positions
-
-    def positions_or_base(info, ch_names):
-        try:
-            return layout(info, ch_names)
-        except InputError:
-            if not all(name in positions for name in ch_names):
-                raise
-            return np.asarray([positions[name] for name in ch_names], np.float32)
-
-    data_module.sensor_positions = positions_or_base
-    try:
-        return data_module.load_session(folder, preprocess=ckpt.preprocess, progress=False)
-    finally:
-        data_module.sensor_positions = layout
+    return load_session(folder, preprocess=ckpt.preprocess, progress=False,
+                        positions=dict(zip(ckpt.ch_names, ckpt.positions)))
 
 
 def adapt_main(job: dict[str, Any], conn: Connection) -> None:
