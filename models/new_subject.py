@@ -195,8 +195,8 @@ def adapt_to_subject(base: str | os.PathLike, data: SessionData, out_dir: str | 
 
     ``data`` must be loaded with the base's preprocessing (``load_session(path,
     preprocess=load_checkpoint(base).preprocess)``: same channels, rate and filters;
-    the scaler it fits on the person is mapped back to the base's, see
-    :func:`_in_base_scale`). ``lineage``: what else to record about where
+    the scaler it fits on the person is mapped back to the base's, as the module
+    docstring says). ``lineage``: what else to record about where
     the calibration data came from (the session folder, the presentation).
     """
     from .checkpoint import load_checkpoint, save_checkpoint

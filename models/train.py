@@ -25,15 +25,15 @@ Speed: :func:`train` flushes denormal floats to zero (``torch.set_flush_denormal
 while it runs: on x86 CPUs, arithmetic on them (tiny gradients and Adam moments)
 runs 5-10x slower, and the model's results do not depend on values below 1e-38.
 
-Sizes (the default run must finish in 5 minutes on 2 CPU cores): the brain encoder
+Sizes (the default run must take minutes, not hours, on 2 CPU cores): the brain encoder
 keeps the paper's architecture (spatial attention, subject layers, 5 dilated
 residual blocks, GLU, two heads) at ``hidden=96``, ``spatial_channels=64`` instead
 of 320 and 270: ~0.7 M parameters instead of ~5 M, and ~10x less compute per
-window, which a few hundred training trials do not repay anyway (measured on the
-default simulated session: 48 s for the whole run, loading included, on the 2-core
-development machine; the paper's widths took 375 s for 16 epochs of 4 windows per
-trial, and validated no better). Pass ``hidden=320, spatial_channels=270`` for the
-paper's sizes.
+window, which a few hundred training trials do not repay anyway (the paper's widths
+took 375 s for 16 epochs of 4 windows per trial on the default simulated session, and
+validated no better). With early stopping ending training (25-75 epochs), the default
+run took 3.5-8 minutes on one shared thread of the 2-core development machine
+(``bench/accuracy.py``). Pass ``hidden=320, spatial_channels=270`` for the paper's sizes.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def train(data: SessionData, config: TrainConfig, out_dir: str | os.PathLike, *,
         model, history, best_epoch, retrieval_head, loss_fn = _fit(
             model, data, splits, targets, val, val_images, config, dist, progress, given)
         final = validate(model, val, targets, val_images, retrieval_head, loss_fn,
-                          config.device, config.eval_offsets)
+                         config.device, config.eval_offsets)
         probe = fit_presence(data, splits.train, config)
         confidence, plot = calibrate(probe, data, splits.val, config.window_s)
         metrics = _metrics(final, history, best_epoch, splits, val_images, confidence,
