@@ -157,7 +157,7 @@ async def _serve(websocket: WebSocket, presentation, conn: object, pong_delay_s:
             await websocket.close(CLOSE_TOO_BIG, "message too big")
             return
         except InputError as error:
-            if presentation.finished:  # the service ended it (a cancelled calibration, a lost stream)
+            if presentation.ended_by_service:  # a cancelled calibration, a lost stream
                 await websocket.send_text(json.dumps({"type": "ended", "state": presentation.state,
                                                       "reason": presentation.stopped_reason}))
                 await websocket.close(1000, "the presentation ended")

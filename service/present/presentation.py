@@ -49,6 +49,7 @@ class Presentation:
         self.state, self.stopped_reason, self.report = "created", None, None
         self.created, self.sync_warn_ms = time.time(), sync_warn_ms
         self.finished = False
+        self.ended_by_service = False  # close() ended it, not the page (its report or its leaving)
         self.ended = threading.Event()  # set when the run's files are written (wait() for it)
         self.shown_folder = shown_folder or str(log.folder)  # as people see it: relative to its root
         self._owner: object | None = None
@@ -183,6 +184,7 @@ class Presentation:
                     self._stop(self.records.touched(), reason, now, now)
                 if self.state != "created":
                     self._finish(None, self.state, self.stopped_reason)
+                    self.ended_by_service = True
             self.log.close()
 
     def describe(self, *, full: bool = True) -> dict[str, Any]:
