@@ -74,10 +74,12 @@ def list_bids_recordings(root: Path, **entities: Any) -> list:
 
     found = mne_bids.find_matching_paths(root, suffixes=BIDS_SUFFIXES, extensions=BIDS_EXTENSIONS,
                                          ignore_nosub=True, **entities)
+    # Split FIF files (split-01, split-02, ...: a recording over 2 GB) are one recording,
+    # named by its first part: MNE reads the rest from it, and the name without a split
+    # entity is no file at all.
     unique = {}
-    for bp in found:  # split FIF files (split-01, split-02) are one recording
-        bp = bp.copy().update(split=None, check=False)
-        unique[str(bp.fpath)] = bp
+    for bp in sorted(found, key=lambda bp: str(bp.fpath)):
+        unique.setdefault(str(bp.copy().update(split=None, check=False).fpath), bp)
     return [unique[k] for k in sorted(unique)]
 
 

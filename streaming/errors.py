@@ -15,3 +15,6 @@ class InputError(ValueError):
         self.expected, self.got, self.fix = expected, got, fix
         super().__init__(f"expected {expected}; got {got}. Fix: {fix}")
 
+    def __reduce__(self):  # pickled with its three parts (from worker processes)
+        return type(self), (self.expected, self.got, self.fix)
+
