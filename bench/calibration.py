@@ -23,8 +23,11 @@ For each simulation seed (a different world: concepts, held-out concepts, patter
 
 The new person's scaler is fitted on all their training trials (load_session); (b) uses
 it, (a) maps the data back to the base's scaler as :func:`adapt_to_subject` does. Figures are per seed, then mean and standard deviation over seeds.
+Each budget's row is kept in ``CACHE/runs/<modality>-seed<N>-<M>min/row.json`` with what
+made it (the person's world, the adaptation's settings, the base's fingerprint): a run cut
+short resumes from the budgets it finished.
 
-    python bench/calibration.py --seeds 0,1,2 --budgets 1,2,5,10,20,60 --figure docs/_static/calibration-curve.png
+    python bench/calibration.py --seeds 0,1,2 --budgets 1,2,5,10,20,60 --jobs 2 --figure docs/_static/calibration-curve.png
     python bench/calibration.py --quick      # smoke test: tiny world, figures mean nothing
 """
 
@@ -35,10 +38,12 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -99,27 +104,44 @@ def run_seed(seed: int, args, cache: Path) -> dict:
     data = load_session(person_root, preprocess=base.preprocess, progress=False)
     rows = []
     for minutes in args.budgets:
-        part, n = _budget(data, minutes)
         out = cache / "runs" / f"{args.modality}-seed{seed}-{minutes:g}min"
-        t1 = time.perf_counter()
-        adapted = adapt_to_subject(base_dir, part, out / "adapted",
-                                   AdaptConfig(seed=seed, cache_dir=str(emb_cache), min_trials=1,
-                                               **({"epochs": 2} if args.quick else {})),
-                                   subject=f"new-{seed}", progress=False)
-        adapt_s = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        train(part, TrainConfig(seed=seed, cache_dir=str(emb_cache), **({"epochs": 2} if args.quick else {})),
-              out / "scratch", progress=False)
-        scratch_s = time.perf_counter() - t2
-        rows.append({"minutes": minutes, "n_train_trials": n,
-                     "adapted": {**adapted.after, "wall_s": round(adapt_s, 1)},
-                     "scratch": {**_top5(out / "scratch", part, emb_cache, adapted.after["offset_s"]),
-                                 "wall_s": round(scratch_s, 1)},
-                     "unadapted": adapted.before})
+        adapt = AdaptConfig(seed=seed, cache_dir=str(emb_cache), min_trials=1, **({"epochs": 2} if args.quick else {}))
+        key = json.loads(json.dumps({"minutes": minutes, "person": dataclasses.asdict(person),
+                                     "adapt": dataclasses.asdict(adapt), "base": base.fingerprint}))
+        done = out / "row.json"
+        if done.is_file() and json.loads(done.read_text()).get("key") == key:  # a run cut short resumes
+            rows.append(json.loads(done.read_text())["row"])
+            continue
+        rows.append(_run_budget(data, minutes, base_dir, adapt, out, seed, args.quick))
+        done.write_text(json.dumps({"key": key, "row": rows[-1]}))
         print(json.dumps({"seed": seed, **rows[-1]}), file=sys.stderr, flush=True)
     return {"seed": seed, "base": str(base_dir), "base_train_s": round(base_s, 1),
             "base_val_top5": base.metrics.get("val_top5"), "n_test_trials": rows[0]["adapted"]["n_trials"],
             "budgets": rows}
+
+
+def _run_budget(data: SessionData, minutes: float, base_dir: Path, adapt: AdaptConfig, out: Path,
+                seed: int, quick: bool) -> dict:
+    """The three arms at one budget."""
+    part, n = _budget(data, minutes)
+    t1 = time.perf_counter()
+    adapted = adapt_to_subject(base_dir, part, out / "adapted", adapt, subject=f"new-{seed}", progress=False)
+    adapt_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    train(part, TrainConfig(seed=seed, cache_dir=adapt.cache_dir, **({"epochs": 2} if quick else {})),
+          out / "scratch", progress=False)
+    scratch_s = time.perf_counter() - t2
+    return {"minutes": minutes, "n_train_trials": n,
+            "adapted": {**adapted.after, "wall_s": round(adapt_s, 1)},
+            "scratch": {**_top5(out / "scratch", part, Path(adapt.cache_dir), adapted.after["offset_s"]),
+                        "wall_s": round(scratch_s, 1)},
+            "unadapted": adapted.before}
+
+
+def _run_seed_alone(seed: int, args) -> dict:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    return run_seed(seed, args, args.cache)
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -174,6 +196,8 @@ def main(argv=None) -> None:
     parser.add_argument("--modality", default="meg", choices=["meg", "eeg"])
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "bench-calibration")
     parser.add_argument("--figure", type=Path, default=None, help="write the curve (PNG) here")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run in parallel processes, one torch thread each (1: in turn)")
     parser.add_argument("--quick", action="store_true", help="tiny world and 2 epochs (smoke test)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -181,13 +205,19 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     args.cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = [run_seed(int(s), args, args.cache) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs > 1:  # one process per seed, one thread each (the embedding cache is process-safe)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_seed_alone, seeds, [args] * len(seeds)))
+    else:
+        results = [run_seed(seed, args, args.cache) for seed in seeds]
     summary = summarise(results)
     if args.figure:
         figure(summary, args.figure, args.modality, len(results))
     print(json.dumps({"bench": "calibration", "modality": args.modality, "quick": args.quick,
-                      "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                      "python": platform.python_version(), "wall_s": round(time.perf_counter() - started),
+                      "cpus": os.cpu_count(), "jobs": args.jobs,
+                      "torch_threads": 1 if args.jobs > 1 else torch.get_num_threads(),
+                      "python": platform.python_version(), "adapt": dataclasses.asdict(AdaptConfig()), "wall_s": round(time.perf_counter() - started),
                       "summary": summary, "seeds": results}, indent=1))
 
 

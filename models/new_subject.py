@@ -3,13 +3,17 @@
 The base model's subjects share everything but their subject layer (one
 ``channels x channels`` matrix each, :class:`~glimpse.models.blocks.SubjectLayer`). A
 new person gets a new matrix, initialised as the mean of the base subjects' (the
-subject-agnostic path: what the base model does for anyone), and learns it from a
-few minutes of their data; ``layers="subject+head"`` also lets the last layers
-(projection, pooling and the two heads) move. Everything else stays frozen, so a
-few hundred trials suffice where training from scratch needs thousands. The
-person's data are fed in the base's scaler, and the epoch kept is the one that
+subject-agnostic path: what the base model does for anyone). ``layers`` says what
+then learns from a few minutes of their data: ``"all"`` (default) the whole model,
+from the base's weights, at a tenth of the learning rate (:data:`LR`); ``"subject"``
+the new matrix alone, everything else frozen; ``"subject+head"`` the matrix and the
+last layers (projection, pooling and the two heads). The base subjects' matrices get
+no gradient from the person's data, and Adam without weight decay leaves them as
+they were. On bench/calibration.py's simulated people, the whole model learned more
+than the matrix alone from 5 minutes on and as much below (docs/guide/calibration.rst).
+The person's data are fed in the base's scaler, and the epoch kept is the one that
 scores best on calibration concepts held out for that, not moving at all included
-(best epoch 0: the base's mean matrix).
+(best epoch 0: the base with the mean matrix).
 
 :func:`adapt_to_subject` writes two checkpoints: ``OUT`` (adapted) and
 ``OUT/unadapted`` (the base model with the mean subject matrix and the base's own
@@ -37,7 +41,7 @@ from glimpse.streaming.errors import InputError
 
 from .data import SessionData
 
-__all__ = ["MIN_TRIALS", "AdaptConfig", "AdaptResult", "adapt_to_subject"]
+__all__ = ["LR", "MIN_TRIALS", "AdaptConfig", "AdaptResult", "adapt_to_subject"]
 
 logger = logging.getLogger("glimpse.models.new_subject")
 
@@ -46,15 +50,18 @@ logger = logging.getLogger("glimpse.models.new_subject")
 #: a handful of trials, and the epoch it picks is chosen by noise.
 MIN_TRIALS = 30
 _HEAD = ("projection.", "aggregation.", "projection_out.", "clip_head.", "mse_head.")
+#: Learning rate by what learns: a new subject layer starts at the mean matrix and may
+#: move far; the whole model's pretrained weights need ten times smaller steps.
+LR = {"subject": 3e-3, "subject+head": 3e-3, "all": 3e-4}
 
 
 @dataclass
 class AdaptConfig:
     """How the new person's weights learn (the rest of training as :class:`TrainConfig`)."""
 
-    layers: Literal["subject", "subject+head"] = "subject"
+    layers: Literal["subject", "subject+head", "all"] = "all"
     epochs: int = 40
-    lr: float = 3e-3
+    lr: float | None = None  # None: LR[layers]
     batch_size: int = 64
     patience: int = 8
     windows_per_trial: int = 6
@@ -90,8 +97,8 @@ def _check(ckpt, data: SessionData, config: AdaptConfig) -> None:
         raise InputError("a brain_encoder base checkpoint (adaptation learns its subject layer)",
                          f"a {ckpt.model_name} checkpoint ({ckpt.path})",
                          "train a multi-subject base with `glimpse train --model brain_encoder`")
-    if config.layers not in ("subject", "subject+head"):
-        raise InputError('layers "subject" or "subject+head"', repr(config.layers), "use the default")
+    if config.layers not in LR:
+        raise InputError('layers "subject", "subject+head" or "all"', repr(config.layers), "use the default")
     if set(data.ch_names) != set(ckpt.ch_names) or not np.isclose(data.sfreq, ckpt.sfreq):
         missing = sorted(set(ckpt.ch_names) - set(data.ch_names))
         extra = sorted(set(data.ch_names) - set(ckpt.ch_names))
@@ -164,10 +171,12 @@ def _meta(ckpt) -> dict[str, Any]:
 
 
 def _freeze(model: torch.nn.Module, layers: str) -> list[str]:
-    """Only the subject layer (and with "subject+head" the last layers) keep gradients."""
+    """Only the subject layer (with "subject+head" the last layers too; with "all",
+    everything) keep gradients."""
     trainable = []
     for name, param in model.named_parameters():
-        learn = name.startswith("subject_layer.") or (layers == "subject+head" and name.startswith(_HEAD))
+        learn = (layers == "all" or name.startswith("subject_layer.")
+                 or (layers == "subject+head" and name.startswith(_HEAD)))
         param.requires_grad_(learn)
         if learn:
             trainable.append(name)
@@ -217,7 +226,8 @@ def adapt_to_subject(base: str | os.PathLike, data: SessionData, out_dir: str | 
     trainable = _freeze(model, config.layers)
     train_config = TrainConfig(
         model="brain_encoder", embedder=ckpt.embedder_name, window_s=ckpt.window_s, epochs=config.epochs,
-        lr=config.lr, batch_size=config.batch_size, patience=config.patience,
+        lr=config.lr if config.lr is not None else LR[config.layers], batch_size=config.batch_size,
+        patience=config.patience,
         windows_per_trial=config.windows_per_trial, val_concept_fraction=config.val_concept_fraction,
         seed=config.seed, num_threads=config.num_threads, cache_dir=config.cache_dir,
         # Adam without weight decay: decay would shrink the base subjects' matrices too.

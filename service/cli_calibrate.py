@@ -33,7 +33,7 @@ def calibrate(
     base: Annotated[Optional[str], typer.Option(help="The base brain_encoder checkpoint (a folder; with --service, an id of GET /api/checkpoints or a path inside the data roots).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Offline: the adapted checkpoint's folder.", show_default=False)] = None,
     subject: Annotated[str, typer.Option(help="The new person's subject id in the adapted checkpoint.")] = "new",
-    layers: Annotated[str, typer.Option(help="What learns: 'subject' (a new subject layer) or 'subject+head' (and the last layers).")] = "subject",
+    layers: Annotated[str, typer.Option(help="What learns: 'all' (the whole model, from the base's weights and a new subject layer), 'subject' (only the new subject layer) or 'subject+head' (and the last layers).")] = "all",
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping on held-out calibration concepts).")] = 40,
     service: Annotated[Optional[str], typer.Option(help="A running service's URL (glimpse serve): calibrate live through it.", show_default=False)] = None,
     stream: Annotated[Optional[str], typer.Option(help="With --service: the person's LSL stream name.", show_default=False)] = None,

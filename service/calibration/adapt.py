@@ -75,7 +75,7 @@ def run_adaptation(job: dict[str, Any], send: Callable[[tuple], None] = lambda m
         data, counts = calibration_trials(data, job["folder"], job["onsets"])
         send(("data", counts))
     send(("phase", "training"))
-    config = AdaptConfig(layers=job.get("layers", "subject"), epochs=int(job.get("epochs", 40)),
+    config = AdaptConfig(layers=job.get("layers", AdaptConfig.layers), epochs=int(job.get("epochs", 40)),
                          num_threads=job.get("threads"), cache_dir=job.get("cache_dir"),
                          min_trials=int(job.get("min_trials", 30)))
     result = adapt_to_subject(job["base"], data, job["out"], config, subject=job["subject"],

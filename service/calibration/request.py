@@ -68,7 +68,7 @@ class CalibrationRequest(BaseModel):
                          description="the new person's subject id in the adapted checkpoint")
     session: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     gallery: Ref | None = None
-    layers: Literal["subject", "subject+head"] = "subject"
+    layers: Literal["subject", "subject+head", "all"] = "all"
     epochs: int = Field(40, ge=1, le=500)
     min_trials: int = Field(MIN_TRIALS, ge=2, le=100_000,
                             description=f"calibration trials needed to adapt (default {MIN_TRIALS}; "

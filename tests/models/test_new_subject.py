@@ -14,7 +14,7 @@ import torch
 
 from glimpse.models.checkpoint import load_checkpoint
 from glimpse.models.data import load_session
-from glimpse.models.new_subject import MIN_TRIALS, AdaptConfig, adapt_to_subject
+from glimpse.models.new_subject import LR, MIN_TRIALS, AdaptConfig, adapt_to_subject
 from glimpse.models.train import train
 from glimpse.models.train_config import TrainConfig
 from glimpse.streaming.errors import InputError
@@ -44,7 +44,8 @@ def test_only_the_new_subject_matrix_learns_and_the_checkpoint_records_its_linea
     base_dir, data = base
     person = _as_new_person(base_dir, data)
     result = adapt_to_subject(base_dir, person, tmp_path / "adapted",
-                              AdaptConfig(epochs=2, batch_size=16, num_threads=1, min_trials=8), subject="sim-7",
+                              AdaptConfig(layers="subject", epochs=2, batch_size=16, num_threads=1, min_trials=8),
+                              subject="sim-7",
                               lineage={"session": "a-session-folder"}, progress=False)
     before, after = load_checkpoint(base_dir), load_checkpoint(result.checkpoint_dir)
     assert after.subjects == (*before.subjects, "sim-7") and after.subject_index("sim-7") == len(before.subjects)
@@ -66,6 +67,19 @@ def test_only_the_new_subject_matrix_learns_and_the_checkpoint_records_its_linea
     unadapted = load_checkpoint(result.unadapted_dir)
     assert torch.equal(unadapted.model.state_dict()["subject_layer.weight"][-1], old["subject_layer.weight"].mean(0))
     assert unadapted.preprocess == before.preprocess  # what decoding without a calibration uses
+
+
+def test_by_default_the_whole_model_learns_at_a_tenth_of_the_rate_and_other_subjects_stay(base, tmp_path):
+    base_dir, data = base
+    result = adapt_to_subject(base_dir, _as_new_person(base_dir, data), tmp_path / "adapted",
+                              AdaptConfig(epochs=2, batch_size=16, num_threads=1, min_trials=8),
+                              subject="p3", progress=False)
+    old, new = load_checkpoint(base_dir).model.state_dict(), load_checkpoint(result.checkpoint_dir).model.state_dict()
+    assert torch.equal(new["subject_layer.weight"][:-1], old["subject_layer.weight"])  # no gradient reaches them
+    assert not torch.equal(new["spatial.query.weight"], old["spatial.query.weight"])
+    config = json.loads((result.checkpoint_dir / "config.json").read_text())
+    assert config["lineage"]["layers"] == "all" and any(n.startswith("blocks.") for n in config["lineage"]["trainable"])
+    assert config["training"]["lr"] == LR["all"] < LR["subject"]
 
 
 def test_subject_and_head_learn_together_when_asked(base, tmp_path):
