@@ -121,7 +121,7 @@ def test_bad_inputs_are_refused_with_what_was_expected(base, small_meg_session, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 3])
+@pytest.mark.parametrize("seed", [2, 3])
 def test_adapting_beats_the_unadapted_base_on_a_new_persons_held_out_images(seed, tmp_path, one_thread):
     """Top-5 on held-out images of a new person: adapted vs the unadapted base (mean subject layer).
 
@@ -129,10 +129,11 @@ def test_adapting_beats_the_unadapted_base_on_a_new_persons_held_out_images(seed
     subject layer has something to learn: the base is trained on person 1 only, adapted
     with 72 calibration trials of person 2, and both are scored on person 2's 54 held-out
     trials (18 images of 6 unseen concepts; chance 0.28). On one thread the run is
-    deterministic. It does not always pay at this size: on seeds 0-4 adapting changed the
-    held-out hits by -2, +8, -1, +8 and +1 of 54 (the kept epoch is chosen on 12
-    validation trials). The two seeds here gained 8 each; the test asks for at least 3
-    (a margin for other CPUs' arithmetic), so it fails if adaptation stops learning.
+    deterministic. It does not always pay at this size: on seeds 0-4 adapting (the whole
+    model, the default) changed the held-out hits by -2, +5, +12, +5 and 0 of 54 (the
+    subject layer alone: -2, +8, -1, +8, +1; the kept epoch is chosen on 12 validation
+    trials). The two seeds here gained 12 and 5; the test asks for at least 3 (a margin
+    for other CPUs' arithmetic), so it fails if adaptation stops learning.
     How much it pays at the default size is bench/calibration.py's job.
     """
     from glimpse.streaming.simulate import SimulationConfig, simulate_session
