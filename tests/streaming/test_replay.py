@@ -272,7 +272,13 @@ def test_real_time_pacing_keeps_timestamps_on_the_clock(realdata):
     with Replay(path, name=sid, source_id=sid, index_channel=True, wait_for_consumer=10) as replay:
         inlet = _inlet(sid)
         index, stamps, arrived = [], [], []
-        while not replay.wait(0) or inlet.samples_available():
+        # Until the replay ended and the last sample came (on a loaded machine the last
+        # chunk can still be on its way when the replay ends; closing the outlet then
+        # would drop it).
+        deadline = None
+        while not (replay.wait(0) and index and index[-1][-1] == n_times - 1):
+            deadline = deadline or (time.monotonic() + 10 if replay.wait(0) else None)
+            assert deadline is None or time.monotonic() < deadline, "the last samples never came"
             data, ts = inlet.pull_chunk(timeout=0.05, max_samples=65536, as_numpy=True)
             if len(ts):
                 arrived.append(pylsl.local_clock())
