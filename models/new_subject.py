@@ -10,7 +10,8 @@ the new matrix alone, everything else frozen; ``"subject+head"`` the matrix and 
 last layers (projection, pooling and the two heads). The base subjects' matrices get
 no gradient from the person's data, and Adam without weight decay leaves them as
 they were. On bench/calibration.py's simulated people, the whole model learned more
-than the matrix alone from 5 minutes on and as much below (docs/guide/calibration.rst).
+than the matrix alone from 5 minutes of data and about as much from 1-2
+(docs/guide/calibration.rst).
 The person's data are fed in the base's scaler, and the epoch kept is the one that
 scores best on calibration concepts held out for that, not moving at all included
 (best epoch 0: the base with the mean matrix).
