@@ -243,22 +243,15 @@ def load_session(
     runs, identity, delays, rates = [], [], set(), set()
     for file, subject in tqdm(files, desc="preprocess", unit="run", disable=not progress):
         rec = open_recording(file, **opts)
-        if config is None:
-            # The first run fixes the channels; every later one must have all of them.
-            # The notch at the recording's mains (BIDS: PowerLineFrequency) unless one is set.
-            mains = rec.line_freq if rec.line_freq and rec.line_freq < rec.sfreq / 2 else None
-            config = dataclasses.replace(preprocess, center=None, scale=None,
-                                         notch=preprocess.notch or mains).resolve(rec.raw.info)
-            info0 = rec.raw.info
+        if config is None:  # the first run fixes the channels; later ones must have them all
+            config, info0 = _first_run_config(preprocess, rec), rec.raw.info
         _check_channels(config, rec.raw.ch_names, subject, rec.path)
         online = OnlinePreprocessor(config, rec.sfreq)
         data = _preprocess_checked(rec, config, online)
         delays.add(round(online.group_delay, 9))
         rates.add(online.sfreq_out)
         runs.append(Run(subject=subject, source=rec.path, data=data, trials=list(rec.trials)))
-        identity.append({"file": rec.path.name, "bytes": _size(rec.path), "subject": subject,
-                         "sfreq": rec.sfreq, "n_times": rec.n_times,
-                         "trials": _trials_digest(rec.trials, rec.stim_root)})
+        identity.append(_run_identity(rec, subject))
         logger.info("sub-%s %s: %d channels x %d samples at %.6g Hz, %d trials", subject,
                     rec.path.name, data.shape[0], data.shape[1], online.sfreq_out, len(rec.trials))
     sfreq = _one_rate(rates)
@@ -268,12 +261,7 @@ def load_session(
     fitted = fit_training_scaler(runs, table, config, sfreq)
     for r in runs:
         apply_scaler(r.data, fitted)
-    try:
-        layout = sensor_positions(info0, fitted.ch_names)
-    except InputError:
-        if positions is None or not all(name in positions for name in fitted.ch_names):
-            raise
-        layout = np.asarray([positions[name] for name in fitted.ch_names], np.float32)
+    layout = _layout(info0, fitted.ch_names, positions)
     fingerprint = data_fingerprint(identity, fitted)
     session_data = SessionData(runs=runs, subjects=subject_ids, trials=table,
                                ch_names=tuple(fitted.ch_names), positions=layout, sfreq=sfreq,
@@ -282,6 +270,31 @@ def load_session(
                                source=path, kind="continuous")
     logger.info("loaded %s", session_data.summary())
     return session_data
+
+
+def _first_run_config(preprocess: PreprocessConfig, rec) -> PreprocessConfig:
+    """The first run's channels and filters; the notch at the recording's mains (BIDS:
+    PowerLineFrequency) unless one is set."""
+    mains = rec.line_freq if rec.line_freq and rec.line_freq < rec.sfreq / 2 else None
+    return dataclasses.replace(preprocess, center=None, scale=None,
+                               notch=preprocess.notch or mains).resolve(rec.raw.info)
+
+
+def _run_identity(rec, subject: str) -> dict[str, Any]:
+    """What the data fingerprint hashes of one run."""
+    return {"file": rec.path.name, "bytes": _size(rec.path), "subject": subject, "sfreq": rec.sfreq,
+            "n_times": rec.n_times, "trials": _trials_digest(rec.trials, rec.stim_root)}
+
+
+def _layout(info: mne.Info, ch_names: Sequence[str],
+            positions: Mapping[str, Sequence[float]] | None) -> np.ndarray:
+    """The recording's 2-D sensor layout, else ``positions`` by name (live session folders)."""
+    try:
+        return sensor_positions(info, ch_names)
+    except InputError:
+        if positions is None or not all(name in positions for name in ch_names):
+            raise
+        return np.asarray([positions[name] for name in ch_names], np.float32)
 
 
 def _recording_files(path: Path, subjects, session, task, run) -> list[tuple[Path, str]]:
