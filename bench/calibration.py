@@ -25,9 +25,10 @@ The new person's scaler is fitted on all their training trials (load_session); (
 it, (a) maps the data back to the base's scaler as :func:`adapt_to_subject` does. Figures are per seed, then mean and standard deviation over seeds.
 Each budget's row is kept in ``CACHE/runs/<modality>-seed<N>-<M>min/row.json`` with what
 made it (the person's world, the adaptation's settings, the base's fingerprint): a run cut
-short resumes from the budgets it finished.
+short resumes from the budgets it finished (their rows say ``"resumed": true``; their
+``wall_s`` are the first run's).
 
-    python bench/calibration.py --seeds 0,1,2 --budgets 1,2,5,10,20,60 --jobs 2 --figure docs/_static/calibration-curve.png
+    python bench/calibration.py --seeds 0,1,2 --budgets 1,2,5,10,20,60 --jobs 3 --figure docs/_static/calibration-curve.png
     python bench/calibration.py --quick      # smoke test: tiny world, figures mean nothing
 """
 
@@ -105,12 +106,14 @@ def run_seed(seed: int, args, cache: Path) -> dict:
     rows = []
     for minutes in args.budgets:
         out = cache / "runs" / f"{args.modality}-seed{seed}-{minutes:g}min"
-        adapt = AdaptConfig(seed=seed, cache_dir=str(emb_cache), min_trials=1, **({"epochs": 2} if args.quick else {}))
+        adapt = AdaptConfig(seed=seed, cache_dir=str(emb_cache), min_trials=1,
+                            **({"epochs": 2} if args.quick else {}))
         key = json.loads(json.dumps({"minutes": minutes, "person": dataclasses.asdict(person),
                                      "adapt": dataclasses.asdict(adapt), "base": base.fingerprint}))
         done = out / "row.json"
-        if done.is_file() and json.loads(done.read_text()).get("key") == key:  # a run cut short resumes
-            rows.append(json.loads(done.read_text())["row"])
+        kept = json.loads(done.read_text()) if done.is_file() else {}
+        if kept.get("key") == key:  # a run cut short resumes from the budgets it finished
+            rows.append({**kept["row"], "resumed": True})
             continue
         rows.append(_run_budget(data, minutes, base_dir, adapt, out, seed, args.quick))
         done.write_text(json.dumps({"key": key, "row": rows[-1]}))
