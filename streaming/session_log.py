@@ -38,7 +38,7 @@ from .version import glimpse_version
 
 logger = logging.getLogger("glimpse.streaming.session_log")
 
-__all__ = ["SessionWriter", "StreamWriter", "find_session_stream", "read_session_stream"]
+__all__ = ["RawSession", "SessionWriter", "StreamWriter", "find_session_stream", "read_session_stream"]
 
 VERSION = 1
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
@@ -231,13 +231,34 @@ def find_session_stream(path: str | os.PathLike) -> tuple[Path, Path | None] | N
     return None
 
 
+class RawSession(mne.io.BaseRaw):
+    """A recorded stream's samples as an MNE raw that reads ``samples.f32`` on demand.
+
+    Not preloaded: a long session is read in the pieces that are asked for (replay
+    reads chunk by chunk) instead of held whole as float64. ``load_data()`` loads it.
+    """
+
+    def __init__(self, path: Path, info: mne.Info, n_samples: int):
+        super().__init__(info, preload=False, last_samps=[n_samples - 1], filenames=[path],
+                         raw_extras=[{"n_chans": info["nchan"], "n_samples": n_samples}],
+                         orig_format="single", verbose="error")
+
+    def _read_segment_file(self, data, idx, fi, start, stop, cals, mult):
+        extras = self._raw_extras[fi]
+        rows = np.memmap(self.filenames[fi], dtype="<f4", mode="r",
+                         shape=(extras["n_samples"], extras["n_chans"]))
+        block = np.asarray(rows[start:stop], dtype=np.float64).T  # (n_chans, stop - start)
+        data[:] = mult @ block[idx] if mult is not None else block[idx] * cals
+
+
 def read_session_stream(folder: str | os.PathLike, stream: str | None = None,
-                        ) -> tuple[mne.io.RawArray, np.ndarray, list[dict]]:
+                        ) -> tuple[RawSession, np.ndarray, list[dict]]:
     """One recorded stream of a session: ``(raw, times, markers)``.
 
     ``folder`` is the session folder (pick the stream by name with ``stream`` when
-    it holds several) or its ``streams/<name>`` folder. ``raw`` holds the samples
-    (SI units, the stream's channel types; types MNE does not know become "misc");
+    it holds several) or its ``streams/<name>`` folder. ``raw`` reads the samples
+    on demand (:class:`RawSession`; SI units, the stream's channel types; types MNE
+    does not know become "misc");
     ``times`` their LSL timestamps. Where the timestamps jump (the stream stopped),
     an "EDGE boundary" annotation marks the discontinuity, as MNE marks the joins
     of concatenated recordings. ``markers`` are the markers.jsonl records of the
@@ -265,18 +286,18 @@ def read_session_stream(folder: str | os.PathLike, stream: str | None = None,
     if sfreq <= 0 or not math.isfinite(sfreq):
         raise InputError("a stream with a regular sampling rate", f"sfreq {sfreq} in "
                          f"{stream_dir / 'stream.json'}", "record a regularly sampled stream")
-    samples = np.frombuffer(_whole_rows(stream_dir / "samples.f32", 4 * n_chans), dtype="<f4")
+    samples_path = stream_dir / "samples.f32"
+    n_rows = samples_path.stat().st_size // (4 * n_chans) if samples_path.is_file() else 0
     times = np.frombuffer(_whole_rows(stream_dir / "times.f64", 8), dtype="<f8")
-    n = min(len(samples) // n_chans, len(times))
+    n = min(n_rows, len(times))
     if n == 0:
         raise InputError("a recorded stream with at least one sample", f"none in {stream_dir}",
                          "record for longer")
-    data = samples[: n * n_chans].reshape(n, n_chans).T.astype(np.float64)
     times = times[:n].copy()
     known = mne.io.get_channel_type_constants()
     ch_types = [t.lower() if t.lower() in known else "misc" for t in meta["ch_types"]]
     info = mne.create_info(list(meta["ch_names"]), sfreq, ch_types, verbose="error")
-    raw = mne.io.RawArray(data, info, verbose="error")
+    raw = RawSession(samples_path, info, n)
     steps = np.diff(times)
     if steps.size:
         gaps = np.flatnonzero(steps > np.median(steps) + _GAP_PERIODS / sfreq) + 1

@@ -65,6 +65,18 @@ def test_round_trip_samples_times_markers_frames(tmp_path):
     assert frame["confidence"] == 0.5
 
 
+def test_samples_are_read_on_demand_not_held_as_float64(tmp_path):
+    folder = tmp_path / "s"
+    data, _ = _record(folder)
+    raw, _, _ = read_session_stream(folder)
+    assert not raw.preload  # a long session is not loaded whole
+    piece = raw.get_data(picks=[CH[0][2], CH[0][0]], start=100, stop=250)
+    np.testing.assert_array_equal(piece.T.astype(np.float32), data[100:250][:, [2, 0]])
+    raw.pick([CH[0][1]]).load_data()
+    assert raw.preload
+    np.testing.assert_array_equal(raw.get_data()[0].astype(np.float32), data[:, 1])
+
+
 def test_open_recording_takes_trials_from_markers(tmp_path, capsys):
     folder = tmp_path / "s"
     _record(folder)
