@@ -390,6 +390,8 @@ class Windower:
 
         waits = [wait(c) for c in range(self.hop_out)]
         shift = int(np.argmin(waits))
+        logger.info("%s: chunk ends at input phases %s of %d in %d pushes", self.stream_id,
+                    ends.tolist(), hop_in, len(self._probe))
         self._shift_grid(shift, f"to the sender's chunk ends: a window's newest sample waits "
                                 f"{waits[0]} -> {waits[shift]} samples for its chunk")
 

@@ -178,7 +178,8 @@ def test_chunks_grid_moves_windows_onto_the_senders_chunk_ends(outlet, acquire):
     _wait(lambda: acq.stats()["state"] == "lost", 5, "the finished outlet to be lost")
     acq.stop()
     stats = acq.stats()
-    assert stats["grid"] == "chunks" and stats["grid_shift"] == 2
+    # the log says which chunk ends the probe saw (a failure under heavy load shows them)
+    assert stats["grid"] == "chunks" and stats["grid_shift"] == 2, stats
     index, stamps = rec.index(), rec.stamps()
     np.testing.assert_array_equal(index, np.arange(4800))
     newest = index[np.searchsorted(stamps, [w.t_end for w in rec.windows])]
