@@ -49,7 +49,8 @@ print(session.summary())
 # :class:`glimpse.models.train.TrainConfig` holds every choice; it is stored in
 # the checkpoint. A quarter of the training concepts are held out for early
 # stopping and for choosing the window offset that is reported. The default
-# ``glimpse train`` uses a larger model and 25 epochs.
+# ``glimpse train`` uses a larger model and lets early stopping end training
+# (10 epochs of patience, at most 100).
 train_config = TrainConfig(hidden=32, spatial_channels=32, n_blocks=2, epochs=10, batch_size=16,
                            val_concept_fraction=0.25, cache_dir=str(workdir / "cache"))
 result = train(session, train_config, workdir / "model", progress=False)

@@ -84,6 +84,20 @@ def test_demo_trains_evaluates_builds_the_gallery_once_and_serves_it(small_meg_s
     assert "(reused)" in again  # nothing retrained on the second run
 
 
+@pytest.mark.parametrize("modality", ["meg", "eeg"])
+def test_demo_trains_each_modality_with_its_budget(modality, tmp_path, monkeypatch):
+    """EEG's base needs more epochs and patience than MEG's to transfer to new people."""
+    from glimpse.service import demo
+    from glimpse.streaming.simulate import SimulationConfig
+
+    used = []
+    monkeypatch.setattr(demo, "ensure_session", lambda out, config, fresh=False: out)
+    monkeypatch.setattr(demo, "_subject_lines", lambda out, config, fresh: [])
+    monkeypatch.setattr(demo, "_model_lines", lambda out, config: used.append(config) or [])
+    run_demo(tmp_path, config=SimulationConfig(modality=modality))
+    assert (used[0].epochs, used[0].patience) == {"meg": (25, 10), "eeg": (60, 20)}[modality]
+
+
 def test_demo_refuses_a_folder_with_another_session(small_meg_session):
     root, config, _ = small_meg_session
     other = dataclasses.replace(config, seed=config.seed + 1)
