@@ -30,8 +30,8 @@ MODEL_DIR, REPORT_DIR, GALLERY_DIR = "model", "report", "gallery"
 #: longer; the demo keeps its few minutes. EEG gets more: on the default EEG world,
 #: validation top-5 among the few validation images is flat from epoch 12 while test
 #: top-5 and the transfer to a new person still grow, so 10 epochs of patience stopped
-#: the base at epoch 23 with 17.4 % top-5; 60 epochs with 20 of patience gave 27.3 %
-#: (docs/guide/calibration.rst, "How long it takes").
+#: the base at epoch 23 with 17.4 % top-5; 60 epochs with 20 of patience gave 27.3 and
+#: 33.9 % in two runs (docs/guide/calibration.rst, "How long it takes").
 DEMO_BUDGET = {"meg": {"epochs": 25}, "eeg": {"epochs": 60, "patience": 20}}
 
 
