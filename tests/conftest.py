@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,17 @@ import pytest
 matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _glimpse_logger_restored():
+    """Undo what a CLI call does to the ``glimpse`` logger (a handler on the test's
+    captured stderr, no propagation): left behind, a later test's threads log into
+    a closed stream and caplog misses their records."""
+    logger = logging.getLogger("glimpse")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture(scope="session")

@@ -128,7 +128,9 @@ def test_a_marker_adds_the_offline_simulators_response_at_its_onset(world):
         inlet, _ = open_inlet(find_stream(name, timeout=10), timeout=10)
         markers = _markers_outlet(name)  # created after the person started: found anyway
         _wait(lambda: person.stats()["markers_connected"], 15, "the markers stream to be found")
-        t_on = pylsl.local_clock() + 0.5  # in the future (even on a stalling runner): nothing is lost
+        # In the future (even on a stalling runner): nothing is lost. On a sample's time exactly, so
+        # the inlet's clock correction (microseconds on loopback) cannot round it to a neighbour.
+        t_on = person.t0 + person.sample_at(pylsl.local_clock() + 0.5) / world.sfreq
         markers.push_sample([_marker(f"/data/sim/{train.path}", concept=train.concept)], t_on)
         markers.push_sample([_marker("stimuli/catch/catch.png", "catch")], t_on + 0.75)
         onsets = person.sample_at(t_on), person.sample_at(t_on + 0.75)
