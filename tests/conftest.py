@@ -22,7 +22,7 @@ def _glimpse_logger_restored():
     logger = logging.getLogger("glimpse")
     saved = logger.handlers[:], logger.level, logger.propagate
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")
